@@ -1,0 +1,1 @@
+"""MEMIT Workbench core: model handle, causal tracing, MEMIT editing and evaluation (no UI)."""

@@ -1,0 +1,1 @@
+"""MEMIT Workbench: Streamlit app, CLI and chart builders on top of `core`."""
