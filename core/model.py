@@ -168,6 +168,15 @@ class ModelHandle:
         }
 
 
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: pass these to a *plain* HF forward on a left-padded batch.
+
+    nnsight's TransformersModel already does this; a plain `hf(**enc)` does not (transformers 5
+    GPT-2 counts pad tokens as positions), so reference computations in tests need it.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 # ---- construction ---------------------------------------------------------------------------
 
 def weights_hash(model: torch.nn.Module) -> str:

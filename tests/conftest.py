@@ -1,0 +1,42 @@
+"""Test set-up: one torch thread, HF offline, tiny in-memory models of every family."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never write into the user's real workspace.
+os.environ["WORKBENCH_HOME"] = tempfile.mkdtemp(prefix="workbench-test-home-")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tests.tiny import FAMILIES, make_tiny_handle  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_handle():
+    """A fresh tiny random GPT-2 handle (3 layers, d=32): safe to edit in a test."""
+    return make_tiny_handle("gpt2")
+
+
+@pytest.fixture(params=FAMILIES)
+def family_handle(request):
+    """A fresh tiny handle for each of the six supported families."""
+    return make_tiny_handle(request.param)
+
+
+@pytest.fixture(scope="session")
+def demo_handle():
+    """The shipped demo model (loaded once per test session; do not edit it in place —
+    edit tests restore weights or use `fresh_demo_handle`)."""
+    from core.model import demo_model_dir, load_model
+
+    if not demo_model_dir().is_dir():
+        pytest.skip("demo model not built yet (workbench demo train)")
+    return load_model("demo", device="cpu")
