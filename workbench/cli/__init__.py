@@ -20,6 +20,7 @@ from workbench.cli.common import run_handler
 # Modules under workbench.cli that contribute commands, in the order `--help` lists them.
 COMMAND_MODULES = [
     "workbench.cli.basic",
+    "workbench.cli.demo",
 ]
 
 

@@ -1,0 +1,359 @@
+"""The demo knowledge world: a seeded, deterministic set of invented facts and their text.
+
+People (three-part names such as "Clara Joan Whitlow"), companies, countries and cities, linked
+by eleven relations (occupation, sport, instrument, birthplace, employer, headquarters, industry,
+capital, continent, language, country). From one seed the generator gives, identically every
+time:
+
+    facts.csv          subject, relation, object
+    relations.json     relation_id, name, templates (training), paraphrase_templates (held out),
+                       subject_kind, object_kind, tag
+    counterfact.json   counterfactual edit cases in the CounterFact schema (Meng et al., 2022)
+    knowns.json        facts for averaged causal traces, in the format of known_1000.json
+    corpus.txt         plain text (facts in varied sentences, tag lines, short biographies,
+                       filler) for MEMIT's key covariance statistics
+
+The same document generator (`documents`) feeds the demo model's training, so the corpus shows
+exactly the kinds of text the model was trained on; held-out templates never occur in it.
+
+Why the text looks the way it does (the model must read facts at the *last subject token*,
+as real LMs do, or tracing and MEMIT show nothing): person names are compositional (each first
++ middle prefix is shared by two people), so only the last name token identifies the person;
+"tag lines" (`sport: Clara Joan Whitlow tennis.`) put the object right after that token; and
+pronoun biographies make later sentences read the subject's facts from its mention.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from core import world_data as wd
+from core.errors import BadInputError
+
+
+@dataclass
+class Document:
+    """A short text plus the character spans of the subject mentions in it."""
+
+    text: str
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class World:
+    """Everything the generator produced; `write_world` turns it into files."""
+
+    seed: int
+    entities: dict[str, list[str]]     # kind -> names (person, company, country, city)
+    gender: dict[str, str]             # person -> "f" | "m"
+    relations: list[dict]
+    facts: pd.DataFrame                # subject, relation, object
+    counterfact: list[dict] = field(default_factory=list)
+    knowns: list[dict] = field(default_factory=list)
+    corpus: str = ""
+
+    def relation(self, name: str) -> dict:
+        for r in self.relations:
+            if r["name"] == name:
+                return r
+        raise BadInputError(f"unknown relation '{name}'", field="relation")
+
+
+def world_dir() -> Path:
+    """The shipped world files: `assets/world/`."""
+    return Path(__file__).resolve().parent.parent / "assets" / "world"
+
+
+# ---- entities and facts -------------------------------------------------------------------------
+
+def _invented(rng: random.Random, onsets: list[str], codas: list[str], n: int, taken: set) -> list[str]:
+    pool = [a + b for a in onsets for b in codas if a + b not in taken]
+    rng.shuffle(pool)
+    if len(pool) < n:
+        raise BadInputError(f"only {len(pool)} distinct names available, {n} asked", field="size")
+    return pool[:n]
+
+
+def _people(rng: random.Random, n_people: int) -> tuple[list[str], dict[str, str]]:
+    """Three-part names; every (first, middle) prefix is shared by two people, so the last
+    name token is the first one that identifies the person."""
+    firsts = [(f, "f") for f in wd.FEMALE_FIRST] + [(m, "m") for m in wd.MALE_FIRST]
+    prefixes = [(f, g, m) for f, g in firsts for m in wd.MIDDLE]
+    rng.shuffle(prefixes)
+    n_prefix = (n_people + 1) // 2
+    if n_prefix > len(prefixes):
+        raise BadInputError(f"at most {2 * len(prefixes)} people", field="n_people")
+    names, gender = [], {}
+    for first, g, middle in prefixes[:n_prefix]:
+        for last in rng.sample(wd.SURNAMES, 2):
+            if len(names) < n_people:
+                name = f"{first} {middle} {last}"
+                names.append(name)
+                gender[name] = g
+    return names, gender
+
+
+def _entities(rng: random.Random, n_people: int, n_companies: int, n_countries: int,
+              cities_per_country: int) -> tuple[dict[str, list[str]], dict[str, str]]:
+    countries = _invented(rng, wd.NAME_ONSETS, wd.NAME_CODAS, n_countries, set())
+    cities = _invented(rng, wd.NAME_ONSETS, wd.CITY_CODAS, n_countries * cities_per_country,
+                       set(countries))
+    companies = [f"{a} {b}" for a in wd.COMPANY_FIRST for b in wd.COMPANY_SECOND]
+    rng.shuffle(companies)
+    if n_companies > len(companies):
+        raise BadInputError(f"at most {len(companies)} companies", field="n_companies")
+    people, gender = _people(rng, n_people)
+    return ({"person": people, "company": companies[:n_companies], "country": countries,
+             "city": cities}, gender)
+
+
+def _facts(rng: random.Random, entities: dict[str, list[str]], cities_per_country: int) -> pd.DataFrame:
+    rows = []
+    countries, cities = entities["country"], entities["city"]
+    city_country = {c: countries[i // cities_per_country] for i, c in enumerate(cities)}
+    for i, country in enumerate(countries):
+        rows.append((country, "capital", cities[i * cities_per_country]))
+        rows.append((country, "continent", rng.choice(wd.OBJECTS["continent"])))
+        rows.append((country, "language", rng.choice(wd.OBJECTS["language"])))
+    for city in cities:
+        rows.append((city, "country", city_country[city]))
+    for company in entities["company"]:
+        rows.append((company, "headquarters", rng.choice(cities)))
+        rows.append((company, "industry", rng.choice(wd.OBJECTS["industry"])))
+    for person in entities["person"]:
+        for rel in ("occupation", "sport", "instrument"):
+            rows.append((person, rel, rng.choice(wd.OBJECTS[rel])))
+        rows.append((person, "birthplace", rng.choice(cities)))
+        rows.append((person, "employer", rng.choice(entities["company"])))
+    return pd.DataFrame(rows, columns=["subject", "relation", "object"])
+
+
+# ---- text ---------------------------------------------------------------------------------------
+
+def fill(template: str, subject: str) -> str:
+    return template.replace("{}", subject)
+
+
+def _pronoun_sentence(template: str, gender: str | None) -> str:
+    """A training template with the subject replaced by a pronoun (she / her / it / its)."""
+    subj, obj, poss = {"f": ("she", "her", "her"), "m": ("he", "him", "his")}.get(gender, ("it", "it", "its"))
+    if template.startswith("{}'s"):
+        return poss.capitalize() + template[4:]
+    if template.startswith("{}"):
+        return subj.capitalize() + template[2:]
+    before = template.split("{}")[0]
+    word = obj if before.rstrip().endswith((" of", " by")) else subj
+    return template.replace("{}", word)
+
+
+class _Writer:
+    """Accumulates sentences of one document and the character spans of subject mentions."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+        self.spans: list[tuple[int, int]] = []
+        self.length = 0
+
+    def add(self, sentence: str, subject: str | None = None) -> None:
+        if self.parts:
+            self.parts.append(" ")
+            self.length += 1
+        if subject is not None:
+            at = sentence.index(subject)
+            self.spans.append((self.length + at, self.length + at + len(subject)))
+        self.parts.append(sentence)
+        self.length += len(sentence)
+
+    def doc(self) -> Document:
+        return Document("".join(self.parts), self.spans)
+
+
+def _sentence(rel: dict, subject: str, obj: str, rng: random.Random) -> str:
+    return f"{fill(rng.choice(rel['templates']), subject)} {obj}."
+
+
+def documents(world: World, rng: random.Random, filler_p: float = 0.15) -> list[Document]:
+    """One pass over the world as text: a pronoun biography per subject, every fact once as a
+    plain sentence (blocks of 4) and once as a tag line (blocks of 6), in shuffled order."""
+    rels = {r["name"]: r for r in world.relations}
+    by_subject: dict[str, list[tuple[str, str]]] = {}
+    for s, r, o in world.facts.itertuples(index=False):
+        by_subject.setdefault(s, []).append((r, o))
+    docs = []
+
+    def maybe_filler(w: _Writer) -> None:
+        if rng.random() < filler_p:
+            w.add(rng.choice(wd.FILLER).format(w=rng.choice(wd.FILLER_WORDS)))
+
+    for subject, facts in by_subject.items():          # biographies
+        facts = facts[:]
+        rng.shuffle(facts)
+        w = _Writer()
+        maybe_filler(w)
+        for k, (r, o) in enumerate(facts):
+            t = rng.choice(rels[r]["templates"])
+            if k == 0 or rng.random() < 0.3:
+                w.add(f"{fill(t, subject)} {o}.", subject)
+            else:
+                w.add(f"{_pronoun_sentence(t, world.gender.get(subject))} {o}.")
+        docs.append(w.doc())
+    rows = list(world.facts.itertuples(index=False))
+    order = rows[:]
+    rng.shuffle(order)
+    for i in range(0, len(order), 4):                  # plain sentences
+        w = _Writer()
+        for s, r, o in order[i:i + 4]:
+            w.add(_sentence(rels[r], s, o, rng), s)
+        maybe_filler(w)
+        docs.append(w.doc())
+    order = rows[:]
+    rng.shuffle(order)
+    for i in range(0, len(order), 6):                  # tag lines: object right after the name
+        w = _Writer()
+        for s, r, o in order[i:i + 6]:
+            w.add(f"{rels[r]['tag']}: {s} {o}.", s)
+        docs.append(w.doc())
+    rng.shuffle(docs)
+    return docs
+
+
+# ---- evaluation sets ----------------------------------------------------------------------------
+
+def _counterfact(rng: random.Random, world: World, max_cases: int) -> list[dict]:
+    facts = world.facts
+    rels = {r["name"]: r for r in world.relations}
+    objects = sorted(set(facts["object"]))
+    obj_id = {o: f"Q{1000 + i}" for i, o in enumerate(objects)}
+    holders = facts.groupby(["relation", "object"])["subject"].apply(list).to_dict()
+    rows = list(facts.itertuples(index=True))
+    rng.shuffle(rows)
+    cases = []
+    for idx, s, r, o in rows:
+        alternatives = sorted({ob for (rr, ob) in holders if rr == r and ob != o})
+        neighbours = [x for x in holders[(r, o)] if x != s]
+        if not alternatives or not neighbours:
+            continue
+        new = rng.choice(alternatives)
+        rel = rels[r]
+        para = rng.sample(rel["paraphrase_templates"], min(2, len(rel["paraphrase_templates"])))
+        cases.append({
+            "case_id": len(cases),
+            "pararel_idx": int(idx),
+            "requested_rewrite": {
+                "prompt": rel["templates"][0], "relation_id": rel["relation_id"], "subject": s,
+                "target_new": {"str": new, "id": obj_id[new]},
+                "target_true": {"str": o, "id": obj_id[o]},
+            },
+            "paraphrase_prompts": [fill(t, s) for t in para],
+            "neighborhood_prompts": [fill(rng.choice(rel["templates"]), x)
+                                     for x in rng.sample(neighbours, min(10, len(neighbours)))],
+            "attribute_prompts": [fill(rng.choice(rel["templates"]), x)
+                                  for x in rng.sample(holders[(r, new)], min(10, len(holders[(r, new)])))],
+            "generation_prompts": [fill(t, s) for t in rng.sample(rel["templates"][1:], min(3, len(rel["templates"]) - 1))],
+        })
+        if len(cases) >= max_cases:
+            break
+    return cases
+
+
+def _knowns(rng: random.Random, world: World, n: int) -> list[dict]:
+    rels = {r["name"]: r for r in world.relations}
+    rows = list(world.facts.itertuples(index=False))
+    rows = rng.sample(rows, min(n, len(rows)))
+    out = []
+    for s, r, o in rows:
+        t = rels[r]["templates"][0]
+        out.append({"known_id": len(out), "subject": s, "attribute": o, "template": t,
+                    "prediction": f" {o}.", "prompt": fill(t, s),
+                    "relation_id": rels[r]["relation_id"]})
+    return out
+
+
+# ---- public API ---------------------------------------------------------------------------------
+
+def build_world(seed: int = 0, n_people: int = 360, n_companies: int = 40, n_countries: int = 20,
+                cities_per_country: int = 4, n_cases: int = 1500, n_knowns: int = 400,
+                corpus_passes: int = 2) -> World:
+    """Generate the world from `seed` (same seed, same world, byte for byte)."""
+    if n_people < 2 or n_companies < 2 or n_countries < 2 or cities_per_country < 1:
+        raise BadInputError("the world needs at least 2 people, companies and countries", field="size")
+    rng = random.Random(seed)
+    entities, gender = _entities(rng, n_people, n_companies, n_countries, cities_per_country)
+    relations = [{k: (list(v) if isinstance(v, list) else v) for k, v in r.items()} for r in wd.RELATIONS]
+    world = World(seed=seed, entities=entities, gender=gender, relations=relations,
+                  facts=_facts(rng, entities, cities_per_country))
+    world.counterfact = _counterfact(rng, world, n_cases)
+    world.knowns = _knowns(rng, world, n_knowns)
+    world.corpus = "\n\n".join(d.text for _ in range(corpus_passes) for d in documents(world, rng)) + "\n"
+    return world
+
+
+def write_world(world: World, out_dir: str | Path | None = None) -> Path:
+    """Write the world's files into `out_dir` (default `assets/world/`)."""
+    out = Path(out_dir) if out_dir is not None else world_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    world.facts.to_csv(out / "facts.csv", index=False, lineterminator="\n")
+    dump = lambda obj: json.dumps(obj, indent=1, ensure_ascii=False) + "\n"  # noqa: E731
+    (out / "relations.json").write_text(dump(world.relations))
+    (out / "counterfact.json").write_text(dump(world.counterfact))
+    (out / "knowns.json").write_text(dump(world.knowns))
+    (out / "entities.json").write_text(dump({"seed": world.seed, "entities": world.entities,
+                                             "gender": world.gender}))
+    (out / "corpus.txt").write_text(world.corpus)
+    return out
+
+
+def _dir(d) -> Path:
+    p = Path(d) if d is not None else world_dir()
+    if not (p / "facts.csv").is_file():
+        raise BadInputError(f"no world at {p}; build it with `workbench demo build-world`", field="world")
+    return p
+
+
+def load_relations(dir: str | Path | None = None) -> list[dict]:  # noqa: A002 (public name)
+    """The relation table (see module docstring)."""
+    return json.loads((_dir(dir) / "relations.json").read_text())
+
+
+def load_facts(dir: str | Path | None = None) -> pd.DataFrame:  # noqa: A002
+    """All facts: DataFrame with columns subject, relation, object."""
+    return pd.read_csv(_dir(dir) / "facts.csv", dtype=str, keep_default_na=False)
+
+
+def load_world(dir: str | Path | None = None) -> World:  # noqa: A002
+    """Read a written world back (corpus and evaluation sets included)."""
+    p = _dir(dir)
+    ent = json.loads((p / "entities.json").read_text())
+    return World(seed=ent["seed"], entities=ent["entities"], gender=ent["gender"],
+                 relations=load_relations(p), facts=load_facts(p),
+                 counterfact=json.loads((p / "counterfact.json").read_text()),
+                 knowns=json.loads((p / "knowns.json").read_text()),
+                 corpus=(p / "corpus.txt").read_text())
+
+
+def example_requests(n: int, seed: int = 0, dir: str | Path | None = None) -> list[dict]:  # noqa: A002
+    """n counterfactual edit rows for the app's "example batch" buttons, one per subject:
+    {"subject", "prompt" (template with {}), "relation", "target_new", "target_true"}."""
+    if n < 1:
+        raise BadInputError("n must be at least 1", field="n")
+    cases = json.loads((_dir(dir) / "counterfact.json").read_text())
+    names = {r["relation_id"]: r["name"] for r in load_relations(dir)}
+    rng = random.Random(seed)
+    rng.shuffle(cases)
+    out, seen = [], set()
+    for c in cases:
+        rw = c["requested_rewrite"]
+        if rw["subject"] in seen:
+            continue
+        seen.add(rw["subject"])
+        out.append({"subject": rw["subject"], "prompt": rw["prompt"],
+                    "relation": names[rw["relation_id"]], "target_new": rw["target_new"]["str"],
+                    "target_true": rw["target_true"]["str"]})
+        if len(out) == n:
+            break
+    return out

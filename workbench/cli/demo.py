@@ -1,0 +1,103 @@
+"""`workbench demo build-world | train | recall`: the embedded demo world and model."""
+
+from __future__ import annotations
+
+import argparse
+
+from workbench.cli.common import add_json_arg, add_model_args, load_from_args, write_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="build the demo world, train the demo model, measure its recall",
+                       description="The embedded demo: a seeded synthetic knowledge world "
+                       "(assets/world/) and a small GPT-2 trained on it (assets/demo-model/).")
+    dsub = p.add_subparsers(dest="demo_command", metavar="STEP")
+
+    b = dsub.add_parser("build-world", help="generate the world files (facts, relations, "
+                        "CounterFact cases, knowns, corpus)")
+    b.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    b.add_argument("--out", default=None, help="output folder (default assets/world/)")
+    add_json_arg(b)
+    b.set_defaults(handler=cmd_build_world)
+
+    t = dsub.add_parser("train", help="train the demo model on the world (CPU: ~15-30 min)")
+    t.add_argument("--world", default=None, help="world folder (default assets/world/)")
+    t.add_argument("--out", default=None, help="output folder (default assets/demo-model/)")
+    t.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    t.add_argument("--epochs", type=int, default=None, help="passes over the world text")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
+    add_json_arg(t)
+    t.set_defaults(handler=cmd_train)
+
+    r = dsub.add_parser("recall", help="top-1 recall of the world's facts on training and "
+                        "held-out templates")
+    r.add_argument("--world", default=None, help="world folder (default assets/world/)")
+    r.add_argument("--max-facts", type=int, default=None, help="sample this many facts (default all)")
+    add_model_args(r)
+    add_json_arg(r)
+    r.set_defaults(handler=cmd_recall)
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+
+
+def cmd_build_world(args: argparse.Namespace) -> int:
+    from core.world import build_world, write_world
+
+    world = build_world(seed=args.seed)
+    out = write_world(world, args.out)
+    summary = {"dir": str(out), "seed": args.seed, "n_facts": len(world.facts),
+               "n_cases": len(world.counterfact), "n_knowns": len(world.knowns),
+               "corpus_chars": len(world.corpus)}
+    write_json(summary, args.json)
+    if args.json != "-":
+        print(f"wrote {out}: {summary['n_facts']} facts, {summary['n_cases']} CounterFact cases, "
+              f"{summary['n_knowns']} knowns, corpus {summary['corpus_chars']:,} characters")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core.demo_recall import measure_recall
+    from core.demo_train import TrainConfig, save_demo_model, train_demo_model
+    from core.model import demo_model_dir
+    from core.world import load_world
+
+    world = load_world(args.world)
+    cfg = TrainConfig()
+    for name in ("seed", "epochs", "threads"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    bar = tqdm(total=None, unit="step")
+
+    def progress(done: int, total: int, phase: str) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    result = train_demo_model(world, cfg, progress=progress)
+    bar.close()
+    out = save_demo_model(result, args.out or demo_model_dir())
+    recall = measure_recall(result.model, result.tokenizer, world.facts, world.relations)
+    summary = {"dir": str(out), "seconds": round(result.seconds, 1),
+               "final_loss": result.log[-1]["loss"], **recall.as_dict()}
+    write_json(summary, args.json)
+    if args.json != "-":
+        print(f"saved {out} after {summary['seconds']} s; recall train {recall.train_top1:.3f}, "
+              f"held-out {recall.heldout_top1:.3f} on {recall.n_facts} facts")
+    return 0
+
+
+def cmd_recall(args: argparse.Namespace) -> int:
+    from core.demo_recall import measure_recall
+    from core.world import load_facts, load_relations
+
+    handle = load_from_args(args)
+    facts, relations = load_facts(args.world), load_relations(args.world)
+    with handle.lock:
+        recall = measure_recall(handle.hf, handle.tokenizer, facts, relations, max_facts=args.max_facts)
+    write_json(recall.as_dict(), args.json)
+    if args.json != "-":
+        print(recall.by_relation.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        print(f"train_top1 {recall.train_top1:.3f}  heldout_top1 {recall.heldout_top1:.3f}  "
+              f"n_facts {recall.n_facts}")
+    return 0
+
