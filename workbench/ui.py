@@ -1,0 +1,187 @@
+"""Shared UI helpers for the pages: errors, progress, the model handle, safe text, downloads.
+
+Pages stay thin by going through these:
+- `guard()` turns any error from core into a readable `st.error` (never a traceback);
+- `progress()` adapts core's `progress(done, total, phase)` callbacks to `st.progress`;
+- `require_handle()` returns the session's (shared, cached) model handle or stops the page with
+  a message that says what to do;
+- user text is only ever shown through `st.text`, dataframes, or `escape_md` (Markdown with
+  every markup character escaped; Streamlit never renders raw HTML unless told to, and we never
+  tell it to).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import logging
+import re
+from pathlib import Path
+
+import streamlit as st
+
+from core.errors import WorkbenchError
+from workbench import loader, state
+
+LOG = logging.getLogger("workbench.app")
+PAGES_DIR = Path(__file__).resolve().parent.parent / "pages"
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>:~$=^&\"'])")
+
+
+def page_path(name: str) -> str:
+    """Absolute path of a page script (for st.page_link / st.switch_page)."""
+    return str(PAGES_DIR / f"{name}.py")
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+def show_error(err: BaseException, what: str = "") -> None:
+    """A readable error box: the message for WorkbenchError, type + message for anything else."""
+    prefix = f"{what}: " if what else ""
+    if isinstance(err, WorkbenchError):
+        st.error(f"{prefix}{err}", icon="⚠️")
+        problems = getattr(err, "problems", None)
+        if problems:
+            st.dataframe(problems_frame(problems), hide_index=True)
+    else:
+        LOG.exception("unexpected error %s", what)
+        st.error(f"{prefix}unexpected {type(err).__name__}: {err}. The server log has the details.",
+                 icon="🛑")
+
+
+@contextlib.contextmanager
+def guard(what: str = ""):
+    """`with ui.guard("Tracing"): ...` — errors become an st.error; the page keeps running.
+
+    Streamlit's own control flow (st.stop, st.rerun) derives from BaseException and passes.
+    """
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 (the point: nothing reaches the user as a traceback)
+        show_error(err, what)
+
+
+def problems_frame(problems):
+    """Row problems (objects with row/field/message) as a table the user can read."""
+    import pandas as pd
+
+    return pd.DataFrame([{"row": getattr(p, "row", None), "field": getattr(p, "field", ""),
+                          "problem": getattr(p, "message", str(p))} for p in problems])
+
+
+# ---- progress -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def progress(label: str):
+    """Yields a `progress(done, total, phase)` callback that drives an st.progress bar."""
+    bar = st.progress(0.0, text=label)
+
+    def update(done: int, total: int, phase: str = "") -> None:
+        frac = 0.0 if not total else min(max(done / total, 0.0), 1.0)
+        text = f"{label} — {phase} ({done}/{total})" if phase else f"{label} ({done}/{total})"
+        bar.progress(frac, text=text)
+
+    try:
+        yield update
+    finally:
+        bar.empty()
+
+
+# ---- model ----------------------------------------------------------------------------------
+
+def current_key(s: state.WorkbenchState) -> tuple:
+    return loader.model_key(s.model_name, s.device, s.dtype, s.trust_remote_code)
+
+
+def require_handle(s: state.WorkbenchState | None = None):
+    """The session's model handle, loading it once (cached for all sessions); stops the page
+    with a readable message when it cannot be loaded."""
+    s = s or state.get()
+    try:
+        with st.spinner(f"Loading model '{s.model_name}' (once per server) …"):
+            return loader.get_handle(current_key(s))
+    except Exception as err:  # noqa: BLE001
+        show_error(err, "Model")
+        st.page_link(page_path("model"), label="Choose another model on the Model page", icon="🧩")
+        st.stop()
+
+
+def empty_state(message: str, page: str | None = None, label: str | None = None) -> None:
+    """What to do next, with a link to the page that does it."""
+    st.info(message, icon="💡")
+    if page:
+        st.page_link(page_path(page), label=label or f"Go to {page}", icon="➡️")
+
+
+# ---- safe text ------------------------------------------------------------------------------
+
+def escape_md(text: str) -> str:
+    """User text made inert for st.markdown: every markup character backslash-escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
+def word_diff(before: str, after: str) -> list[tuple[str, bool]]:
+    """Words of `after`, each with whether it differs from `before` (difflib on word lists)."""
+    a, b = str(before).split(), str(after).split()
+    out: list[tuple[str, bool]] = []
+    for op, _i1, _i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        out += [(w, op != "equal") for w in b[j1:j2]]
+    return out
+
+
+def diff_markdown(before: str, after: str, colour: str = "orange") -> str:
+    """`after` as escaped Markdown with the words that changed from `before` highlighted."""
+    parts = []
+    for word, changed in word_diff(before, after):
+        w = escape_md(word)
+        parts.append(f":{colour}-background[{w}]" if changed else w)
+    return " ".join(parts) if parts else "*(empty)*"
+
+
+# ---- downloads ------------------------------------------------------------------------------
+
+def csv_bytes(df) -> bytes:
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    return buf.getvalue().encode()
+
+
+def png_download(fig, file_name: str, key: str, label: str = "Chart as PNG") -> None:
+    """A download button that renders the plotly figure to PNG only when clicked."""
+    from workbench.charts.export import figure_to_png
+
+    st.download_button(label, data=lambda: figure_to_png(fig), file_name=file_name,
+                       mime="image/png", key=key, on_click="ignore", icon="🖼️")
+
+
+# ---- model card -----------------------------------------------------------------------------
+
+def model_facts(handle) -> dict:
+    """What the model card shows, as label → value."""
+    info = handle.info()
+    return {
+        "Family": info["family"],
+        "Layers": info["n_layers"],
+        "Hidden width (d_model)": info["d_model"],
+        "MLP width (d_mlp)": info["d_mlp"],
+        "Parameters": f"{info['n_params']:,}",
+        "Vocabulary": f"{info['vocab_size']:,}",
+        "Context": info["max_length"],
+        "Device / dtype": f"{info['device']} / {info['dtype']}",
+        "Edited module": info["mlp_out_path"],
+    }
+
+
+def sidebar_card(s: state.WorkbenchState) -> None:
+    """Compact model card in the sidebar; never loads a model that failed before."""
+    st.caption("MODEL")
+    try:
+        with st.spinner("Loading model …"):
+            handle = loader.get_handle(current_key(s))
+    except Exception:  # noqa: BLE001 (the Model page shows the full error)
+        st.warning(f"'{s.model_name}' is not loaded", icon="⚠️")
+        return
+    info = handle.info()
+    st.markdown(f"**{escape_md(s.model_name)}** · {escape_md(info['family'])}")
+    st.caption(f"{info['n_layers']} layers · d={info['d_model']} · {info['n_params'] / 1e6:.1f} M params")
