@@ -7,7 +7,7 @@ import streamlit as st
 from workbench import loader, state, ui
 
 s = state.get()
-st.title("🧩 Model")
+st.title("Model")
 st.caption("Every page works on the model chosen here. It is loaded once and shared by all "
            "browser sessions; traces and edits take turns on it.")
 

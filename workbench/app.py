@@ -11,12 +11,12 @@ import streamlit as st
 
 from workbench import state, ui
 
-st.set_page_config(page_title="MEMIT Workbench", page_icon="🧠", layout="wide",
+st.set_page_config(page_title="MEMIT Workbench", page_icon=":material/neurology:", layout="wide",
                    initial_sidebar_state="expanded")
 
 PAGES = {
     "Workbench": [
-        ("model", "Model", "🧩"),
+        ("model", "Model", ":material/memory:"),
     ],
     "Study": [
     ],

@@ -40,14 +40,14 @@ def show_error(err: BaseException, what: str = "") -> None:
     """A readable error box: the message for WorkbenchError, type + message for anything else."""
     prefix = f"{what}: " if what else ""
     if isinstance(err, WorkbenchError):
-        st.error(f"{prefix}{err}", icon="⚠️")
+        st.error(f"{prefix}{err}", icon=":material/error:")
         problems = getattr(err, "problems", None)
         if problems:
             st.dataframe(problems_frame(problems), hide_index=True)
     else:
         LOG.exception("unexpected error %s", what)
         st.error(f"{prefix}unexpected {type(err).__name__}: {err}. The server log has the details.",
-                 icon="🛑")
+                 icon=":material/report:")
 
 
 @contextlib.contextmanager
@@ -103,15 +103,15 @@ def require_handle(s: state.WorkbenchState | None = None):
             return loader.get_handle(current_key(s))
     except Exception as err:  # noqa: BLE001
         show_error(err, "Model")
-        st.page_link(page_path("model"), label="Choose another model on the Model page", icon="🧩")
+        st.page_link(page_path("model"), label="Choose another model on the Model page", icon=":material/memory:")
         st.stop()
 
 
 def empty_state(message: str, page: str | None = None, label: str | None = None) -> None:
     """What to do next, with a link to the page that does it."""
-    st.info(message, icon="💡")
+    st.info(message, icon=":material/lightbulb:")
     if page:
-        st.page_link(page_path(page), label=label or f"Go to {page}", icon="➡️")
+        st.page_link(page_path(page), label=label or f"Go to {page}", icon=":material/arrow_forward:")
 
 
 # ---- safe text ------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def png_download(fig, file_name: str, key: str, label: str = "Chart as PNG") -> 
     from workbench.charts.export import figure_to_png
 
     st.download_button(label, data=lambda: figure_to_png(fig), file_name=file_name,
-                       mime="image/png", key=key, on_click="ignore", icon="🖼️")
+                       mime="image/png", key=key, on_click="ignore", icon=":material/image:")
 
 
 # ---- model card -----------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def sidebar_card(s: state.WorkbenchState) -> None:
         with st.spinner("Loading model …"):
             handle = loader.get_handle(current_key(s))
     except Exception:  # noqa: BLE001 (the Model page shows the full error)
-        st.warning(f"'{s.model_name}' is not loaded", icon="⚠️")
+        st.warning(f"'{s.model_name}' is not loaded", icon=":material/error:")
         return
     info = handle.info()
     st.markdown(f"**{escape_md(s.model_name)}** · {escape_md(info['family'])}")

@@ -1,0 +1,123 @@
+"""One real-browser test: `workbench app` on a free localhost port, driven by headless Chromium.
+
+Debian's `/usr/bin/chromium` through Playwright's Python API (never Playwright's own browser
+download; `scripts/ensure-chromium.sh` installs the Debian package). The test walks the user's
+path — model → trace → edit → results — asserts on what is visible, saves screenshots to
+`test-artifacts/` and the README screenshot to `docs/screenshot.png`, and stops the server by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+pytestmark = pytest.mark.browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the app did not answer at {url} within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`workbench app --port P` as a subprocess (own process group); yields its URL."""
+    from core.model import demo_model_dir
+
+    env = dict(os.environ, WORKBENCH_HOME=str(tmp_path_factory.mktemp("browser-home")),
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1")
+    if not demo_model_dir().is_dir():
+        from tests.tiny import save_tiny_model
+
+        tiny = str(tmp_path_factory.mktemp("tiny-model"))
+        save_tiny_model(tiny)
+        env["WORKBENCH_DEFAULT_MODEL"] = tiny
+    exe = Path(sys.executable).parent / "workbench"
+    cmd = [str(exe)] if exe.exists() else [shutil.which("workbench") or "workbench"]
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("browser-log") / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd + ["app", "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        # Stop the server by its PID (its own process group: `workbench app` runs streamlit as a child).
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (scripts/ensure-chromium.sh)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(120_000)
+        try:
+            yield pg
+        finally:
+            browser.close()
+
+
+def shot(pg, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def wait_idle(pg, timeout_ms: int = 120_000) -> None:
+    """Wait until Streamlit has finished running the script (its status widget is gone)."""
+    pg.wait_for_timeout(300)
+    pg.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=timeout_ms)
+
+
+def test_model_page_in_browser(server, page):
+    page.goto(server + "/")
+    page.get_by_test_id("stMetric").first.wait_for()
+    wait_idle(page)
+    assert page.get_by_text("Model card").is_visible()
+    assert page.get_by_test_id("stMetricValue").first.inner_text() == "gpt2"
+    shot(page, "01-model")
