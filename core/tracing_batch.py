@@ -1,0 +1,157 @@
+"""The batched engine behind causal tracing: corrupted forwards with many restorations per forward.
+
+One prompt, `S` noisy copies. A forward over `n · S` rows runs `n` restorations ("cells") at once:
+rows `c·S … c·S+S-1` belong to cell `c`, and row `c·S + s` carries noise sample `s`, so every
+restoration sees the same `S` noise draws (Meng et al., 2022, `trace_with_patch`: row 0 clean,
+rows 1… corrupted; here the clean states come from a separate clean run, so every row of a chunk
+is a corrupted row). A restoration is a list of `Patch`es: "set the output of component C of
+block l at (rows, tokens) to these values". Patches are applied in execution order (block 0 first;
+inside a block attention, then MLP, then the block output), as nnsight requires.
+
+Rows are chunked so that one forward stays within a memory budget; the result does not depend on
+the chunking (tests compare one cell per forward with many).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+COMPONENTS = ("attn", "mlp", "hidden")  # execution order inside one block
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Overwrite component `component` of block `layer` at (rows[i], tokens[i]) with values[i]."""
+
+    layer: int
+    component: str          # "attn" | "mlp" | "hidden" (the block output h^l)
+    rows: torch.Tensor      # (n,) long
+    tokens: torch.Tensor    # (n,) long
+    values: torch.Tensor    # (n, d)
+
+
+def component_output(handle, layer: int, component: str):
+    """The nnsight value of a component's output inside a trace: a (B, T, d) tensor.
+
+    Attention modules return a tuple (attn_out, weights) in transformers 5: take [0]. Decoder
+    blocks return a plain tensor (tuple in older versions: [0] then too).
+    """
+    if component == "attn":
+        return handle.envoy(layer, "attn").output[0]
+    if component == "mlp":
+        return handle.envoy(layer, "mlp").output
+    out = handle.layer(layer).output
+    return out[0] if isinstance(out, tuple) else out
+
+
+def make_noise(samples: int, n_tokens: int, d_model: int, level: float, seed: int,
+               device, dtype) -> torch.Tensor:
+    """Gaussian noise ε ~ N(0, level²), (S, n_subject_tokens, d), from a seeded CPU generator.
+
+    Drawn once per trace and reused by every restoration, so cells differ only in what they restore.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    eps = torch.randn(samples, n_tokens, d_model, generator=gen, dtype=torch.float32)
+    return (level * eps).to(device=device, dtype=dtype)
+
+
+def bytes_per_row(handle, n_tokens: int) -> int:
+    """Rough peak activation memory of one row of a no-grad forward (for chunking).
+
+    Per token: a few residual-width tensors, the MLP hidden layer and one row of attention scores
+    per head; plus the last-token logits and their softmax (only the last position is unembedded).
+    """
+    cfg = handle.config
+    heads = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 16)))
+    item = torch.finfo(handle.dtype).bits // 8
+    per_token = 8 * handle.d_model + 2 * handle.d_mlp + 2 * heads * n_tokens
+    return int(item * n_tokens * per_token + 8 * int(cfg.vocab_size))
+
+
+def cells_per_forward(handle, n_tokens: int, samples: int, memory_mb: float) -> int:
+    """How many restorations (S rows each) fit one forward under `memory_mb`; at least 1."""
+    rows = int(memory_mb * 2**20) // max(1, bytes_per_row(handle, n_tokens))
+    return max(1, rows // samples)
+
+
+def corrupted_forward(handle, input_ids: torch.Tensor, span: tuple[int, int], noise: torch.Tensor,
+                      n_rows: int, patches: list[Patch], answer_id: int,
+                      save: list[tuple[int, str]] | None = None, save_token: int | None = None):
+    """One forward of `n_rows` corrupted copies of the prompt with `patches` applied.
+
+    input_ids: (1, T) the prompt; span: subject tokens [s0, s1); noise: (S, s1-s0, d) with
+    n_rows a multiple of S (row r gets noise[r % S]). The subject-token embeddings are corrupted,
+    h⁰[r, s0:s1] += ε[r % S], then the patches overwrite component outputs.
+
+    Returns (p, saved): p (n_rows,) float32 — P(answer) at the last position of every row; saved
+    maps (layer, component) of `save` to that output at token `save_token`, (n_rows, d).
+    Caller holds `handle.lock` and `torch.no_grad()`.
+    """
+    S = noise.shape[0]
+    T = input_ids.shape[1]
+    s0, s1 = span
+    batch = {"input_ids": input_ids.expand(n_rows, T),
+             "attention_mask": torch.ones(n_rows, T, dtype=torch.long, device=input_ids.device)}
+    noise_rows = noise.repeat(n_rows // S, 1, 1)                                # (n_rows, s1-s0, d)
+    by_key: dict[tuple[int, str], list[Patch]] = {}
+    for p in patches:
+        by_key.setdefault((p.layer, p.component), []).append(p)
+    wanted = set(save or ())
+    keys = sorted(set(by_key) | wanted, key=lambda k: (k[0], COMPONENTS.index(k[1])))
+    saved: dict[tuple[int, str], torch.Tensor] = {}
+    with handle.model.trace(batch, logits_to_keep=1):
+        emb = handle.embed.output                                               # (n_rows, T, d)
+        emb[:, s0:s1] += noise_rows
+        for key in keys:  # ascending (layer, component): nnsight's execution order
+            out = component_output(handle, *key)                                # (n_rows, T, d)
+            for p in by_key.get(key, ()):
+                out[p.rows, p.tokens] = p.values
+            if key in wanted:
+                saved[key] = out[:, save_token].clone().save()
+        logits = handle.lm_head.output[:, -1]                                   # (n_rows, V)
+        p_answer = torch.softmax(logits.float(), dim=-1)[:, answer_id].save()
+    return p_answer.detach().float().cpu(), saved
+
+
+def clean_forward(handle, input_ids: torch.Tensor, components: tuple[str, ...]):
+    """The clean run: next-token distribution at the last position and every layer's component
+    outputs at every token, {component: (L, T, d)}. Caller holds the lock and no_grad()."""
+    L = handle.n_layers
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    states: dict[str, list] = {c: [] for c in components}
+    with handle.model.trace(batch, logits_to_keep=1):
+        for layer in range(L):
+            for comp in COMPONENTS:
+                if comp in states:
+                    states[comp].append(component_output(handle, layer, comp)[0].clone().save())
+        probs = torch.softmax(handle.lm_head.output[0, -1].float(), dim=-1).save()   # (V,)
+    return probs.detach().cpu(), {c: torch.stack(v) for c, v in states.items()}
+
+
+def run_cells(handle, input_ids, span, noise, answer_id: int, n_cells: int, patches_for,
+              max_cells: int, progress=None, phase: str = "") -> torch.Tensor:
+    """P(answer) averaged over the S noise samples for each of `n_cells` restorations.
+
+    patches_for(cells: range) -> list[Patch] builds the patches of a chunk of cells, with rows
+    numbered from 0 inside the chunk. Chunks hold at most `max_cells` cells. Returns (n_cells,).
+    """
+    S = noise.shape[0]
+    out = torch.empty(n_cells)
+    done = 0
+    while done < n_cells:
+        chunk = range(done, min(n_cells, done + max_cells))
+        with handle.lock, torch.no_grad():
+            p, _ = corrupted_forward(handle, input_ids, span, noise, len(chunk) * S,
+                                     patches_for(chunk), answer_id)
+        out[chunk.start:chunk.stop] = p.view(len(chunk), S).mean(dim=1)        # mean over samples
+        done = chunk.stop
+        if progress:
+            progress(done, n_cells, phase)
+    return out
+
+
+def sample_rows(cell_in_chunk: int, samples: int, device) -> torch.Tensor:
+    """Rows of one cell inside its chunk: c·S … c·S+S-1."""
+    return torch.arange(cell_in_chunk * samples, (cell_in_chunk + 1) * samples, device=device)
