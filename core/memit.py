@@ -1,0 +1,177 @@
+"""MEMIT (Meng et al., 2023, Algorithm 1): write many memories into the MLPs of layers R at once.
+
+1. Targets: for every edit, zᵢ = hᵢᴸ + δᵢ at L = max(R) (Eq. 16, `core.targets`, batched).
+2. Spread over layers, ascending l ∈ R, on the model as edited so far:
+     kᵢˡ  = mean over context prompts of the W_out input at the last subject token   (Eq. 19)
+     rᵢˡ  = (zᵢ − hᵢᴸ) / (number of layers of R not yet edited)                       (Eq. 20)
+     Δˡ   = R Kᵀ (λC + K Kᵀ)⁻¹,   C = E[kkᵀ] (Eq. 15), solved in float64              (Eq. 14)
+     Wˡ  += Δˡ
+`execute_memit` returns the Δˡ and leaves the weights exactly as it found them; applying and
+reverting are explicit (`core.editing`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from core.covariance import layer_covariances
+from core.hparams import MemitHparams, preset_for
+from core.requests import EditRequest, validate_requests
+from core.targets import (compute_targets, encode, ensure_bare, generate_context_templates, pad_left,
+                          place)
+
+
+@dataclass
+class EditResult:
+    """What an editing method computed; nothing is applied yet (see `core.editing.apply_edit`).
+
+    deltas: ΔW per edited layer in the stored layout of W_out (Conv1D (d_mlp, d), Linear
+    (d, d_mlp)), CPU fp32. per_edit: one row per request (subject, target_new, loss, nll, kl,
+    steps, h_norm, delta_norm). residual_norms: mean ‖zᵢ − hᵢᴸ‖ before each layer's update.
+    """
+
+    method: str
+    layers: list[int]
+    deltas: dict[int, torch.Tensor]
+    delta_norms: dict[int, float]
+    relative_norms: dict[int, float]
+    per_edit: pd.DataFrame
+    timings: dict[str, float]
+    hparams: dict
+    requests: list[EditRequest]
+    residual_norms: dict[int, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- Eq. 14 -------------------------------------------------------------------------------------
+
+def solve_delta(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
+    """Δ = R Kᵀ (λC + K Kᵀ)⁻¹ (Eq. 14) in float64, keys and residuals as rows.
+
+    K: (n, d_mlp) keys, R: (n, d) residuals, C: (d_mlp, d_mlp). Returns Δ (d, d_mlp), the update of
+    W (d, d_mlp) with W k = m, in float64. Minimises Σ_old ‖(W+Δ)k − m‖² (weight λ) + Σ_new (Eq. 9).
+    """
+    K, R, C = K.double(), R.double(), C.to(K.device).double()
+    A = lam * C + K.T @ K                                   # (d_mlp, d_mlp), symmetric
+    adj = torch.linalg.solve(A, K.T)                        # (d_mlp, n) = A⁻¹ Kᵀ
+    return R.T @ adj.T                                      # (d, d_mlp)
+
+
+def to_layout(delta: torch.Tensor, layout: str) -> torch.Tensor:
+    """Δ (d, d_mlp) in the stored layout of W_out."""
+    return delta.T.contiguous() if layout == "conv1d" else delta.contiguous()
+
+
+# ---- keys and current hidden states (Eq. 19) ----------------------------------------------------
+
+@torch.no_grad()
+def keys_and_hidden(handle, requests: list[EditRequest], layer: int, z_layer: int,
+                    context_templates: list[str], batch_rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """K (n, d_mlp): W_out inputs of `layer` at the last subject token, averaged over the bare
+    prompt and, separately, the prefixed prompts, then over those two groups (as the reference);
+    h (n, d): output of block `z_layer` at the last subject token of the bare prompt."""
+    templates = ensure_bare(context_templates)
+    P = len(templates)
+    rows, subj = [], []
+    for req in requests:
+        for c in templates:
+            text, c0, c1 = place(c, req.prompt, req.subject)
+            enc = encode(handle.tokenizer, text, c0, c1)
+            rows.append(enc["ids"]), subj.append(enc["subj"])
+    keys, hidden = [], []
+    for start in range(0, len(rows), batch_rows):
+        ids, mask, pads = pad_left(rows[start:start + batch_rows], handle.tokenizer.pad_token_id, handle.device)
+        pos = torch.tensor([s + p for s, p in zip(subj[start:start + batch_rows], pads)], device=handle.device)
+        b = torch.arange(len(pos), device=handle.device)
+        with handle.lock, handle.model.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
+            k = handle.envoy(layer, "mlp_out").input[b, pos].save()             # (B, d_mlp)
+            h = handle.layer(z_layer).output[b, pos].save()                     # (B, d)
+            tracer.stop()
+        keys.append(k.float()), hidden.append(h.float())
+    K = torch.cat(keys).view(len(requests), P, -1)                              # (n, P, d_mlp)
+    H = torch.cat(hidden).view(len(requests), P, -1)
+    K = K[:, 0] if P == 1 else (K[:, 0] + K[:, 1:].mean(1)) / 2                 # Eq. 19
+    return K, H[:, 0]
+
+
+# ---- Algorithm 1 --------------------------------------------------------------------------------
+
+def execute_memit(handle, requests: list[EditRequest], hparams: MemitHparams | None = None, *,
+                  progress=None, cov_cache_dir=None) -> EditResult:
+    """Compute the MEMIT update for `requests` (Algorithm 1).
+
+    Invariant: the model's weights at the end are bit-for-bit those at the start, also when an
+    exception escapes (the update is applied layer by layer internally because the keys of layer
+    l+1 must be read on the model with layers ≤ l edited, then restored).
+    Raises RequestValidationError (every bad request with its row) before touching anything.
+    """
+    t_start = time.perf_counter()
+    hp = hparams if hparams is not None else preset_for(handle)
+    layers = handle.check_layers(hp.layers)
+    report = validate_requests(list(requests), handle.tokenizer, handle.max_length)
+    report.raise_if_bad()
+    reqs = report.requests
+    notes = list(report.warnings)
+    L = max(layers)
+    timings = {}
+
+    t = time.perf_counter()
+    templates = ensure_bare(hp.context_templates) if hp.context_templates is not None else \
+        generate_context_templates(handle, hp.n_context, hp.context_length, hp.seed)
+    timings["context"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    stats = layer_covariances(handle, layers, corpus=hp.corpus, n_samples=hp.n_samples,
+                              dtype=hp.stats_dtype, batch_size=hp.stats_batch_size,
+                              max_tokens=hp.stats_max_tokens, cache_dir=cov_cache_dir, progress=progress)
+    timings["covariance"] = time.perf_counter() - t
+    if stats[layers[0]].note:
+        notes.append(stats[layers[0]].note)
+
+    tz = compute_targets(handle, reqs, L, templates, hp, progress=progress)
+    timings["targets"] = tz.seconds
+
+    t = time.perf_counter()
+    deltas, residual_norms = {}, {}
+    weights = {layer: handle.mlp_out_weight(layer) for layer in layers}
+    originals = {layer: w.detach().clone() for layer, w in weights.items()}
+    try:
+        with handle.lock:
+            for i, layer in enumerate(layers):
+                K, h = keys_and_hidden(handle, reqs, layer, L, templates)       # on the partly edited model
+                resid = tz.z - h                                                # (n, d) zᵢ − hᵢᴸ
+                residual_norms[layer] = float(resid.norm(dim=1).mean())
+                R = resid / (len(layers) - i)                                   # Eq. 20
+                delta = solve_delta(K, R, stats[layer].C, hp.mom2_weight)       # Eq. 14, (d, d_mlp)
+                stored = to_layout(delta, handle.spec.layout)
+                with torch.no_grad():
+                    w0 = originals[layer]
+                    weights[layer].copy_(w0 + stored.to(w0.device, w0.dtype))
+                deltas[layer] = stored.float().cpu()
+                if progress is not None:
+                    progress(i + 1, len(layers), "update")
+    finally:
+        with handle.lock, torch.no_grad():
+            for layer, w in weights.items():
+                w.copy_(originals[layer])
+    timings["update"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+
+    delta_norms = {l: float(d.norm()) for l, d in deltas.items()}
+    relative = {l: delta_norms[l] / max(float(originals[l].float().norm()), 1e-12) for l in layers}
+    per_edit = pd.DataFrame({
+        "case_id": [r.case_id for r in reqs], "subject": [r.subject for r in reqs],
+        "prompt": [r.prompt for r in reqs], "target_new": [r.target_new for r in reqs],
+        "loss": tz.loss, "nll": tz.nll, "kl": tz.kl, "steps": tz.steps,
+        "h_norm": tz.h.norm(dim=1).cpu().tolist(),
+        "delta_norm": (tz.z - tz.h).norm(dim=1).cpu().tolist(),
+    })
+    hp_dict = hp.to_dict()
+    hp_dict["context_templates"] = templates
+    return EditResult(method="memit", layers=layers, deltas=deltas, delta_norms=delta_norms,
+                      relative_norms=relative, per_edit=per_edit, timings=timings, hparams=hp_dict,
+                      requests=reqs, residual_norms=residual_norms, notes=notes)

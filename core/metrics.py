@@ -1,0 +1,151 @@
+"""Edit quality metrics (Meng et al., 2023, Appendix C), computed in batched forwards.
+
+CounterFact (Eq. 24-26), from the per-token mean NLL of " " + object after a prompt:
+    ES  efficacy:      P[o_new] > P[o_true] on the edit prompt itself
+    PS  paraphrase:    the same on paraphrases of it (fraction per edit)
+    NS  neighbourhood: P[o_new] < P[o_true] on prompts about other subjects with the true object
+    S   the harmonic mean of ES, PS, NS
+and their magnitudes EM/PM/NM: P[new] − P[true] (NM: P[true] − P[new]), P = exp(−mean NLL).
+zsRE (Eq. 21-23): top-1 accuracy of each target token, teacher forced (efficacy, paraphrase,
+specificity against the neighbourhood answer). Per-edit values are DataFrames;
+`summarize`/`summarize_zsre` give means in percent, as the paper reports them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.requests import EditRequest
+from core.targets import encode, pad_left
+
+
+@torch.no_grad()
+def target_scores(handle, items: list[tuple[str, str]], batch_size: int = 64,
+                  progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """For each (prompt, target): mean NLL of " " + target's tokens and their top-1 accuracy.
+
+    Rows are sorted by length and batched; one traced forward per batch.
+    """
+    encs = [encode(handle.tokenizer, p, None, None, t) for p, t in items]
+    order = sorted(range(len(encs)), key=lambda i: len(encs[i]["ids"]))
+    nll, acc = np.zeros(len(encs)), np.zeros(len(encs))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask, pads = pad_left([encs[i]["ids"] for i in idx], handle.tokenizer.pad_token_id, handle.device)
+        rows, pos, tok, owner = [], [], [], []
+        for r, (i, p) in enumerate(zip(idx, pads)):
+            e = encs[i]
+            rows += [r] * len(e["tgt_ids"]); pos += [q + p for q in e["tgt_pos"]]
+            tok += e["tgt_ids"]; owner += [r] * len(e["tgt_ids"])
+        rows_t = torch.tensor(rows, device=handle.device)
+        pos_t = torch.tensor(pos, device=handle.device)
+        tok_t = torch.tensor(tok, device=handle.device)
+        with handle.lock, handle.model.trace({"input_ids": ids, "attention_mask": mask}):
+            logits = handle.lm_head.output[rows_t, pos_t].float()              # (N_tok, V)
+            lp = logits.log_softmax(-1).gather(1, tok_t.unsqueeze(1)).squeeze(1).save()
+            hit = (logits.argmax(-1) == tok_t).save()
+        owner_t = torch.tensor(owner)
+        count = torch.bincount(owner_t, minlength=len(idx)).double()
+        s_lp = torch.zeros(len(idx), dtype=torch.float64).index_add(0, owner_t, lp.double().cpu())
+        s_hit = torch.zeros(len(idx), dtype=torch.float64).index_add(0, owner_t, hit.double().cpu())
+        nll[idx] = (-s_lp / count).numpy()
+        acc[idx] = (s_hit / count).numpy()
+        if progress is not None:
+            progress(min(start + batch_size, len(order)), len(order), "metrics")
+    return nll, acc
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64, progress=None) -> pd.DataFrame:
+    """Per edit: ES, PS, NS (0-1), EM, PM, NM (probability differences), NLLs and top-1 of o_new.
+
+    Requests without target_true get NaN for the CounterFact columns (new_top1 is always there).
+    """
+    items, where = [], []              # where: (edit, kind, index in kind, which object)
+    for i, r in enumerate(requests):
+        groups = [("E", [r.filled]), ("P", list(r.paraphrase_prompts)), ("N", list(r.neighborhood_prompts))]
+        for kind, prompts in groups:
+            for j, p in enumerate(prompts):
+                items.append((p, r.target_new)), where.append((i, kind, j, "new"))
+                if r.target_true:
+                    items.append((p, r.target_true)), where.append((i, kind, j, "true"))
+    nll, acc = target_scores(handle, items, batch_size, progress)
+    table: dict[tuple, float] = {}
+    top1: dict[int, float] = {}
+    for (i, kind, j, which), x, a in zip(where, nll, acc):
+        table[(i, kind, j, which)] = x
+        if kind == "E" and which == "new":
+            top1[i] = a
+    rows = []
+    for i, r in enumerate(requests):
+        row = {"case_id": r.case_id, "subject": r.subject, "target_new": r.target_new,
+               "target_true": r.target_true, "new_top1": top1[i]}
+        if r.target_true:
+            def pairs(kind, n):
+                return [(table[(i, kind, j, "new")], table[(i, kind, j, "true")]) for j in range(n)]
+            e = pairs("E", 1)[0]
+            para, neigh = pairs("P", len(r.paraphrase_prompts)), pairs("N", len(r.neighborhood_prompts))
+            p = lambda x: math.exp(-x)  # noqa: E731
+            row.update(
+                nll_new=e[0], nll_true=e[1], ES=float(e[0] < e[1]),
+                PS=_mean([float(a < b) for a, b in para]), NS=_mean([float(a > b) for a, b in neigh]),
+                EM=p(e[0]) - p(e[1]), PM=_mean([p(a) - p(b) for a, b in para]),
+                NM=_mean([p(b) - p(a) for a, b in neigh]))
+        else:
+            row.update({k: math.nan for k in ("nll_new", "nll_true", "ES", "PS", "NS", "EM", "PM", "NM")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def harmonic_mean(values: list[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return math.nan
+    if min(vals) <= 0:
+        return 0.0
+    return len(vals) / sum(1.0 / v for v in vals)
+
+
+def summarize(df: pd.DataFrame) -> dict:
+    """Means over edits in percent: ES, PS, NS, S (harmonic mean), EM, PM, NM, new_top1; n."""
+    out = {"n": int(len(df))}
+    for k in ("ES", "PS", "NS", "EM", "PM", "NM", "new_top1"):
+        col = df[k].astype(float) if k in df else pd.Series(dtype=float)
+        out[k] = float(col.mean()) * 100 if col.notna().any() else math.nan
+    out["S"] = harmonic_mean([out["ES"], out["PS"], out["NS"]])
+    return out
+
+
+def zsre_scores(handle, requests: list[EditRequest], batch_size: int = 64, progress=None) -> pd.DataFrame:
+    """Per edit: efficacy, paraphrase, specificity as mean top-1 token accuracies (Eq. 21-23)."""
+    items, where = [], []
+    for i, r in enumerate(requests):
+        items.append((r.filled, r.target_new)), where.append((i, "efficacy"))
+        for p in r.paraphrase_prompts:
+            items.append((p, r.target_new)), where.append((i, "paraphrase"))
+        answer = r.neighborhood_target or r.target_true
+        if answer:
+            for p in r.neighborhood_prompts:
+                items.append((p, answer)), where.append((i, "specificity"))
+    _, acc = target_scores(handle, items, batch_size, progress)
+    per: dict[tuple, list[float]] = {}
+    for (i, kind), a in zip(where, acc):
+        per.setdefault((i, kind), []).append(float(a))
+    return pd.DataFrame([{"case_id": r.case_id, "subject": r.subject, "target_new": r.target_new,
+                          **{k: _mean(per.get((i, k), [])) for k in ("efficacy", "paraphrase", "specificity")}}
+                         for i, r in enumerate(requests)])
+
+
+def summarize_zsre(df: pd.DataFrame) -> dict:
+    out = {"n": int(len(df))}
+    for k in ("efficacy", "paraphrase", "specificity"):
+        out[k] = float(df[k].mean()) * 100 if df[k].notna().any() else math.nan
+    out["score"] = harmonic_mean([out["efficacy"], out["paraphrase"], out["specificity"]])
+    return out

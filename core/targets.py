@@ -1,0 +1,272 @@
+"""Target vectors zᵢ = hᵢᴸ + δᵢ for MEMIT (paper Eq. 16), optimised for many edits at once.
+
+For edit i, δᵢ is added to the output of block L at the last subject token of every prompt of
+that edit, and minimises
+
+    loss_i = 1/P Σⱼ NLL(" " + oᵢ | xⱼ ⊕ p(sᵢ, rᵢ))                 # teacher-forced, mean over tokens
+           + kl_factor · KL(p_δ(· | "{sᵢ} is a") ‖ p_0(· | "{sᵢ} is a"))   # at the last subject token
+           + v_weight_decay · ‖δᵢ‖ / ‖hᵢᴸ‖²
+
+with Adam, ‖δᵢ‖ clamped to clamp_norm_factor·‖hᵢᴸ‖ after each step, and δᵢ frozen once loss_i
+is below v_loss_tol (as the public implementation does, one edit at a time). Here all edits of
+a batch × all their prompts form ONE padded forward per step: rows never interact, so edit i's
+gradient is exactly its own; Adam is kept per edit (own step count), so an edit that stops early
+stops moving. `batch_size=1` runs the same code one edit at a time (the serial mode, for checks
+and benchmarks). Interventions go through nnsight; the loss is computed from the saved logits.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from core.model import position_ids_for
+from core.requests import EditRequest
+
+CONTEXT_STARTS = ("The", "Therefore", "Because", "I", "You")
+KL_TEMPLATE = "{} is a"
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass
+class TargetResult:
+    z: torch.Tensor          # (n, d) fp32: hᴸ + δ for each edit
+    h: torch.Tensor          # (n, d) fp32: hᴸ at the last subject token of the bare prompt
+    loss: list[float]        # final total loss per edit
+    nll: list[float]
+    kl: list[float]
+    steps: list[int]         # Adam steps taken
+    seconds: float
+
+
+# ---- prompts and tokens -------------------------------------------------------------------------
+
+def place(template: str, prompt: str, subject: str) -> tuple[str, int, int]:
+    """Context template ("… {}") ∘ prompt ("{} plays") ∘ subject -> (text, subject chars [c0, c1))."""
+    t = template.replace("{}", prompt, 1)
+    c0 = t.index("{}")
+    return t[:c0] + subject + t[c0 + 2:], c0, c0 + len(subject)
+
+
+def encode(tokenizer, text: str, c0: int | None, c1: int | None, target: str | None = None) -> dict:
+    """Token ids of text (+ " " + target), the last subject token, and the target's positions.
+
+    Returns {"ids": input ids (the last target token is dropped: teacher forcing), "subj": index
+    (None when c0 is None), "tgt_pos": logit positions that predict the target tokens, "tgt_ids":
+    those tokens}. Offsets decide which tokens are the subject's and which the target's, so BOS
+    tokens, word-initial spaces and SentencePiece "▁" are handled alike.
+    """
+    full = text + (" " + target.strip() if target else "")
+    enc = tokenizer(full, return_offsets_mapping=True, add_special_tokens=True)
+    ids, offs = list(enc["input_ids"]), enc["offset_mapping"]
+    last_subj = None
+    if c0 is not None:
+        subj = [i for i, (a, b) in enumerate(offs) if b > a and a < c1 and b > c0]
+        if not subj:
+            raise ValueError(f"no token covers the subject in '{text}'")
+        last_subj = subj[-1]
+    out = {"ids": ids, "subj": last_subj, "tgt_pos": [], "tgt_ids": []}
+    if target:
+        tgt = [i for i, (a, b) in enumerate(offs) if b > a and b > len(text)]
+        if not tgt or tgt[0] < 1 or (last_subj is not None and tgt[0] <= last_subj):
+            raise ValueError(f"the target '{target}' has no tokens after '{text}'")
+        out["ids"] = ids[:tgt[-1]]
+        out["tgt_pos"] = [i - 1 for i in tgt]
+        out["tgt_ids"] = [ids[i] for i in tgt]
+    return out
+
+
+def pad_left(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Left-pad token lists -> (ids (B, T), mask (B, T), pad length per row)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    pads = []
+    for i, r in enumerate(rows):
+        p = width - len(r)
+        ids[i, p:] = torch.tensor(r, dtype=torch.long)
+        mask[i, p:] = 1
+        pads.append(p)
+    return ids.to(device), mask.to(device), pads
+
+
+# ---- context prefixes ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate_context_templates(handle, n: int = 5, length: int = 10, seed: int = 0) -> list[str]:
+    """["{}"] + n prefixes "<model text>. {}" sampled from the model (top-5, seeded), as the
+    reference does (starts "The", "Therefore", "Because", "I", "You"; ~`length` tokens each)."""
+    templates = ["{}"]
+    if n == 0:
+        return templates
+    tok = handle.tokenizer
+    gen = torch.Generator().manual_seed(seed)
+    starts = [CONTEXT_STARTS[i % len(CONTEXT_STARTS)] for i in range(n)]
+    rows = [tok(s)["input_ids"] for s in starts]
+    ids, mask, _ = pad_left(rows, tok.pad_token_id, handle.device)
+    with handle.lock:
+        for _ in range(max(1, length - 1)):
+            logits = handle.hf(input_ids=ids, attention_mask=mask,
+                               position_ids=position_ids_for(mask)).logits[:, -1].float().cpu()
+            top = logits.topk(5, dim=-1)
+            pick = torch.multinomial(top.values.softmax(-1), 1, generator=gen)      # (n, 1)
+            nxt = top.indices.gather(1, pick).to(handle.device)
+            ids = torch.cat([ids, nxt], 1)
+            mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+    for i in range(n):
+        text = tok.decode(ids[i][mask[i].bool()], skip_special_tokens=True)
+        text = " ".join(text.replace("{", " ").replace("}", " ").split())
+        templates.append(text + ". {}")
+    return templates
+
+
+def ensure_bare(templates: list[str]) -> list[str]:
+    """The bare prompt "{}" first (h and the keys' first group are read there)."""
+    return ["{}"] + [t for t in templates if t != "{}"]
+
+
+# ---- the optimisation ---------------------------------------------------------------------------
+
+def compute_targets(handle, requests: list[EditRequest], layer: int, context_templates: list[str], hp,
+                    *, batch_size: int | None = None, progress=None) -> TargetResult:
+    """zᵢ for every request at block `layer` (Eq. 16); `batch_size` edits per padded batch
+    (None: hp.batch_size; 0: all at once; 1: serial)."""
+    t0 = time.perf_counter()
+    templates = ensure_bare(context_templates)
+    n = len(requests)
+    chunk = hp.batch_size if batch_size is None else batch_size
+    chunk = n if chunk <= 0 else chunk
+    parts = []
+    n_chunks = (n + chunk - 1) // chunk
+    for c, start in enumerate(range(0, n, chunk)):
+        def step_progress(step, c=c):
+            if progress is not None:
+                progress(c * hp.v_steps + step, n_chunks * hp.v_steps, "targets")
+        parts.append(_optimise(handle, requests[start:start + chunk], layer, templates, hp, step_progress))
+    cat = lambda k: [x for p in parts for x in p[k]]  # noqa: E731
+    return TargetResult(z=torch.cat([p["z"] for p in parts]), h=torch.cat([p["h"] for p in parts]),
+                        loss=cat("loss"), nll=cat("nll"), kl=cat("kl"), steps=cat("steps"),
+                        seconds=time.perf_counter() - t0)
+
+
+def _build_rows(tokenizer, requests, templates):
+    """All rows of one batch: P rewriting rows per edit (prompt + target) and one KL row."""
+    rows, subj, edit, tgt = [], [], [], []          # tgt: (row, logit pos, token, weight)
+    bare_row, kl_row = [], []
+    P = len(templates)
+    for e, req in enumerate(requests):
+        for j, c in enumerate(templates):
+            text, c0, c1 = place(c, req.prompt, req.subject)
+            enc = encode(tokenizer, text, c0, c1, req.target_new)
+            if j == 0:
+                bare_row.append(len(rows))
+            w = 1.0 / (P * len(enc["tgt_ids"]))     # mean over tokens, then over prompts
+            tgt += [(len(rows), p, t, w) for p, t in zip(enc["tgt_pos"], enc["tgt_ids"])]
+            rows.append(enc["ids"]), subj.append(enc["subj"]), edit.append(e)
+        text, c0, c1 = place(KL_TEMPLATE, "{}", req.subject)
+        enc = encode(tokenizer, text, c0, c1)
+        kl_row.append(len(rows))
+        rows.append(enc["ids"]), subj.append(enc["subj"]), edit.append(e)
+    return rows, subj, edit, tgt, bare_row, kl_row
+
+
+def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
+    """One padded batch of edits through v_steps of Adam (see module docstring)."""
+    dev = handle.device
+    rows, subj, edit, tgt, bare_row, kl_row = _build_rows(handle.tokenizer, requests, templates)
+    ids_all, mask_all, pads = pad_left(rows, handle.tokenizer.pad_token_id, dev)
+    subj_all = torch.tensor([s + p for s, p in zip(subj, pads)], device=dev)          # (R,)
+    row_edit = torch.tensor(edit, device=dev)                                       # (R,)
+    t_row = torch.tensor([t[0] for t in tgt], device=dev)
+    t_pos = torch.tensor([t[1] + pads[t[0]] for t in tgt], device=dev)
+    t_ids = torch.tensor([t[2] for t in tgt], device=dev)
+    t_w = torch.tensor([t[3] for t in tgt], device=dev, dtype=torch.float32)
+    bare_row, kl_row = torch.tensor(bare_row, device=dev), torch.tensor(kl_row, device=dev)
+
+    n, d = len(requests), handle.d_model
+    delta = torch.zeros(n, d, device=dev, requires_grad=True)                     # δ (n, d)
+    m, v = torch.zeros(n, d, device=dev), torch.zeros(n, d, device=dev)           # Adam moments
+    t_adam = torch.zeros(n, device=dev)
+    active = torch.ones(n, dtype=torch.bool, device=dev)
+    h0 = kl_init = None
+    loss_f, nll_f, kl_f = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    steps = torch.zeros(n, dtype=torch.long)
+    with handle.lock:
+        for it in range(hp.v_steps):
+            act = active.nonzero().squeeze(1)                                       # active edits
+            sel = active[row_edit].nonzero().squeeze(1)                             # their rows
+            remap = torch.full((len(rows),), -1, device=dev, dtype=torch.long)
+            remap[sel] = torch.arange(len(sel), device=dev)
+            ids, mask = ids_all[sel], mask_all[sel]
+            cut = int((mask.sum(0) > 0).nonzero()[0])                               # drop all-pad columns
+            ids, mask = ids[:, cut:], mask[:, cut:]
+            tsel = active[row_edit[t_row]].nonzero().squeeze(1)
+            tr, tp = remap[t_row[tsel]], t_pos[tsel] - cut
+            kr = remap[kl_row[act]]
+            pos = subj_all[sel] - cut
+            d_rows = delta[row_edit[sel]]                                           # (B, d)
+            batch = torch.arange(len(sel), device=dev)
+            with handle.model.trace({"input_ids": ids, "attention_mask": mask}):
+                out = handle.layer(layer).output                                     # (B, T, d)
+                h_at = out[batch, pos].detach().float().save()                      # (B, d)
+                new = out.clone()
+                new[batch, pos] = new[batch, pos] + d_rows.to(out.dtype)            # h += δ
+                handle.layer(layer).output = new
+                logits = handle.lm_head.output                                       # (B, T, V)
+                tok_lp = logits[tr, tp].float().log_softmax(-1).gather(
+                    1, t_ids[tsel].unsqueeze(1)).squeeze(1).save()                   # (N_tok,)
+                kl_lp = logits[kr, pos[kr]].float().log_softmax(-1).save()          # (n_act, V)
+            if h0 is None:                                                           # step 0: all active
+                h0 = h_at[remap[bare_row]]                                          # (n, d) hᴸ
+                kl_init = kl_lp.detach()                                            # log p_0
+            # loss per active edit (act order): NLL + KL + weight decay
+            local = torch.full((n,), -1, device=dev, dtype=torch.long)
+            local[act] = torch.arange(len(act), device=dev)
+            nll = torch.zeros(len(act), device=dev).index_add(
+                0, local[row_edit[t_row[tsel]]], -tok_lp * t_w[tsel])
+            kl = hp.kl_factor * (kl_lp.exp() * (kl_lp - kl_init[act])).sum(-1)
+            wd = hp.v_weight_decay * delta[act].norm(dim=1) / h0[act].norm(dim=1) ** 2
+            loss = nll + kl + wd
+            a_cpu = act.cpu()
+            loss_f[a_cpu], nll_f[a_cpu], kl_f[a_cpu] = (loss.detach().cpu(), nll.detach().cpu(),
+                                                       kl.detach().cpu())
+            done = loss.detach() < hp.v_loss_tol
+            step_progress(it + 1)
+            if it == hp.v_steps - 1 or bool(done.all()):
+                break
+            loss[~done].sum().backward()                                             # rows independent
+            upd = act[~done]
+            _adam_step(delta, delta.grad, m, v, t_adam, upd, hp.v_lr)
+            delta.grad = None
+            _clamp(delta, h0, upd, hp.clamp_norm_factor)
+            steps[upd.cpu()] += 1
+            active[act[done]] = False
+    z = (h0 + delta.detach()).float()
+    return {"z": z, "h": h0.float(), "loss": loss_f.tolist(), "nll": nll_f.tolist(),
+            "kl": kl_f.tolist(), "steps": steps.tolist()}
+
+
+@torch.no_grad()
+def _adam_step(param, grad, m, v, t, rows, lr) -> None:
+    """torch.optim.Adam's update (no weight decay), applied to `rows` only, each with its own t."""
+    b1, b2 = ADAM_BETAS
+    g = grad[rows]
+    t[rows] += 1
+    m[rows] = b1 * m[rows] + (1 - b1) * g
+    v[rows] = b2 * v[rows] + (1 - b2) * g * g
+    bc1 = 1 - b1 ** t[rows]
+    bc2 = 1 - b2 ** t[rows]
+    denom = v[rows].sqrt() / bc2.sqrt().unsqueeze(1) + ADAM_EPS
+    param[rows] -= (lr / bc1).unsqueeze(1) * m[rows] / denom
+
+
+@torch.no_grad()
+def _clamp(delta, h0, rows, factor) -> None:
+    """‖δᵢ‖ ≤ factor·‖hᵢᴸ‖ (projection onto the ball)."""
+    max_norm = factor * h0[rows].norm(dim=1)
+    norm = delta[rows].norm(dim=1)
+    scale = torch.where(norm > max_norm, max_norm / norm.clamp_min(1e-12), torch.ones_like(norm))
+    delta[rows] *= scale.unsqueeze(1)
