@@ -1,0 +1,114 @@
+"""Patches: export → apply on a fresh model gives identical logits; wrong base refused; damage
+detected; save_pretrained of an edited model reloads in plain transformers with identical logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from core.errors import BadInputError
+from core.ledger import Ledger
+from core.ledger_io import live_weights
+from core.patch import apply_patch, export_patch, read_patch, save_edited_model
+from tests.ledger_helpers import record_seeded, seeded_deltas
+from tests.tiny import make_tiny_handle
+
+PROMPTS = ["Miles Davis plays the", "Paris is the capital of"]
+
+
+def logits(hf, tokenizer):
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return hf(**enc).logits
+
+
+@pytest.fixture
+def session(tmp_path, tiny_handle):
+    """Three batches, the middle one undone."""
+    ledger = Ledger(tmp_path / "ws")
+    record_seeded(ledger, tiny_handle, [1, 2], 0)
+    record_seeded(ledger, tiny_handle, [1], 1)
+    ledger.undo(tiny_handle)
+    record_seeded(ledger, tiny_handle, [0, 1], 2)
+    return ledger, tiny_handle
+
+
+def test_per_batch_patch_reproduces_the_session_exactly(tmp_path, session):
+    ledger, live = session
+    out = export_patch(ledger, [1, 3], tmp_path / "edits.safetensors")
+    manifest = json.loads((tmp_path / "edits.safetensors.json").read_text())
+    assert manifest["base_hash"] == live.base_hash and manifest["base_model"] == "tiny-gpt2"
+    assert manifest["layers"] == [0, 1, 2] and manifest["mode"] == "per_batch"
+    assert [b["source_id"] for b in manifest["batches"]] == [1, 3]
+    assert manifest["batches"][0]["seed"] == 0 and manifest["batches"][0]["requests"][0]["target_new"] == "piano"
+    assert read_patch(out).manifest == manifest
+
+    fresh = make_tiny_handle("gpt2")
+    target = Ledger(tmp_path / "other-ws")
+    report = apply_patch(fresh, out, ledger=target)
+    assert report.base_hash_match and report.n_batches == 2 and report.recorded_ids == [1, 2]
+    assert torch.equal(logits(fresh.hf, fresh.tokenizer), logits(live.hf, live.tokenizer))
+    # the receiving workspace can undo the patch batch by batch, bit-exactly
+    target.undo(fresh)
+    target.undo(fresh)
+    base = make_tiny_handle("gpt2")
+    assert all(torch.equal(a, b) for a, b in zip(live_weights(fresh, [0, 1, 2]).values(),
+                                                  live_weights(base, [0, 1, 2]).values()))
+
+
+def test_summed_patch_equals_sum_of_deltas(tmp_path, session):
+    ledger, live = session
+    patch = read_patch(export_patch(ledger, [1, 3], tmp_path / "sum.safetensors", mode="sum"))
+    d1, d3 = seeded_deltas(live, [1, 2], 0), seeded_deltas(live, [0, 1], 2)
+    assert sorted(patch.tensors) == ["delta.0", "delta.1", "delta.2"]
+    assert torch.equal(patch.tensors["delta.1"], d1[1] + d3[1])
+    fresh = make_tiny_handle("gpt2")
+    apply_patch(fresh, tmp_path / "sum.safetensors")
+    assert torch.allclose(logits(fresh.hf, fresh.tokenizer), logits(live.hf, live.tokenizer), atol=1e-5)
+
+
+def test_wrong_base_model_is_refused_unless_forced(tmp_path, session):
+    ledger, _ = session
+    out = export_patch(ledger, [1], tmp_path / "p.safetensors")
+    other = make_tiny_handle("gpt2", seed=5)
+    before = live_weights(other, [1, 2])
+    with pytest.raises(BadInputError, match="made for 'tiny-gpt2'.*force"):
+        apply_patch(other, out)
+    assert all(torch.equal(before[x], live_weights(other, [x])[x]) for x in (1, 2))   # nothing changed
+    report = apply_patch(other, out, force=True)
+    assert not report.base_hash_match
+    assert torch.equal(live_weights(other, [1])[1], before[1] + seeded_deltas(other, [1], 0)[1])
+
+
+def test_corrupted_and_truncated_patches_are_detected(tmp_path, session):
+    ledger, live = session
+    out = export_patch(ledger, [1, 3], tmp_path / "p.safetensors")
+    good = out.read_bytes()
+    flipped = bytearray(good)
+    flipped[-5] ^= 0x40                                  # one bit in the tensor data
+    for name, payload, message in [("flip", bytes(flipped), "checksum"),
+                                   ("short", good[:len(good) // 2], "damaged or truncated"),
+                                   ("junk", b"not a patch at all", "damaged or truncated")]:
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(payload)
+        with pytest.raises(BadInputError, match=message):
+            apply_patch(make_tiny_handle("gpt2"), bad)
+    with pytest.raises(BadInputError, match="no patch file"):
+        read_patch(tmp_path / "missing.safetensors")
+    with pytest.raises(BadInputError, match="mode"):
+        export_patch(ledger, [1], tmp_path / "x.safetensors", mode="zip")
+    with pytest.raises(BadInputError, match="no batch 42"):
+        export_patch(ledger, [42], tmp_path / "x.safetensors")
+
+
+def test_save_pretrained_reloads_with_identical_logits(tmp_path, session):
+    _, live = session
+    out = save_edited_model(live, tmp_path / "edited", note={"batches": [1, 3]})
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert json.loads((out / "workbench_edit.json").read_text())["batches"] == [1, 3]
+    assert torch.equal(logits(reloaded, live.tokenizer), logits(live.hf, live.tokenizer))
+    base = make_tiny_handle("gpt2")
+    assert not torch.equal(logits(base.hf, base.tokenizer), logits(reloaded, live.tokenizer))
