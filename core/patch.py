@@ -74,7 +74,7 @@ def _checksum(manifest: dict, tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _covariance_key(hparams: dict) -> dict:
-    """What identifies the key covariance C a batch was computed with (None for FT)."""
+    """What identifies the key covariance C a batch was computed with (empty for FT)."""
     if "covariance_key" in hparams:
         return hparams["covariance_key"]
     return {k: hparams[k] for k in ("corpus", "n_samples", "stats_dtype", "stats_max_tokens", "mom2_weight")
