@@ -11,7 +11,7 @@ the model's key statistics: small models need a much smaller λ (see the demo pr
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from core.errors import BadInputError

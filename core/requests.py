@@ -16,8 +16,6 @@ nothing is half-read: `read_requests` raises `RequestValidationError` listing al
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -300,150 +298,6 @@ def _batch_problems(indexed: list[tuple[int, EditRequest]]) -> tuple[list[RowPro
     return problems, kept, warnings
 
 
-# ---- published datasets -------------------------------------------------------------------------
-
-def _counterfact_request(rec: dict, n: int) -> tuple[EditRequest | None, list[RowProblem]]:
-    rw = rec.get("requested_rewrite")
-    if not isinstance(rw, dict):
-        return None, [RowProblem(n, "requested_rewrite", "missing")]
-    strs = {}
-    for k in ("target_new", "target_true"):
-        v = rw.get(k)
-        strs[k] = _text(v.get("str") if isinstance(v, dict) else v)
-    neigh = rec.get("neighborhood_prompts") or []
-    neigh_target = None
-    if neigh and isinstance(neigh[0], dict):        # ROME's processed zsRE: {"prompt", "target"}
-        neigh_target = "".join(x.get("target", "") for x in neigh).strip() or None
-        neigh = [neigh[0].get("prompt", "")]
-    row = {"subject": rw.get("subject"), "prompt": rw.get("prompt"), "target_new": strs["target_new"],
-           "target_true": strs["target_true"] if strs["target_true"] != "<|endoftext|>" else None,
-           "relation_id": rw.get("relation_id"), "paraphrase_prompts": rec.get("paraphrase_prompts"),
-           "neighborhood_prompts": neigh, "generation_prompts": rec.get("generation_prompts"),
-           "case_id": rec.get("case_id"), "neighborhood_target": neigh_target}
-    return _row_request(row, n, {}, {})
-
-
-def _zsre_request(rec: dict, n: int) -> tuple[EditRequest | None, list[RowProblem]]:
-    """MEND's zsRE record -> request, as ROME/MEMIT evaluate it (target = answers[0])."""
-    missing = [k for k in ("src", "subject", "answers") if k not in rec]
-    if missing:
-        return None, [RowProblem(n, "columns", "missing " + ", ".join(missing))]
-    src, subject = _text(rec["src"]), _text(rec["subject"])
-    if subject and subject not in src:
-        return None, [RowProblem(n, "subject", f"the subject '{subject}' is absent from the question '{src}'")]
-    answers = rec["answers"] if isinstance(rec["answers"], list) else [rec["answers"]]
-    loc = _text(rec.get("loc"))
-    row = {"subject": subject, "prompt": src.replace(subject, "{}", 1) if subject else src,
-           "target_new": answers[0] if answers else "",
-           "paraphrase_prompts": [rec["rephrase"]] if rec.get("rephrase") else [],
-           "neighborhood_prompts": [loc + "?"] if loc else [],
-           "neighborhood_target": rec.get("loc_ans"), "case_id": rec.get("case_id", n - 1)}
-    return _row_request(row, n, {}, {})
-
-
-def _detect_json_format(records: list) -> str:
-    first = next((r for r in records if isinstance(r, dict)), {})
-    if "requested_rewrite" in first:
-        return "counterfact"
-    if "src" in first and "answers" in first:
-        return "zsre"
-    return "json"
-
-
-# ---- files --------------------------------------------------------------------------------------
-
-def _read_bytes(path_or_bytes, max_bytes: int) -> tuple[bytes, str | None]:
-    if isinstance(path_or_bytes, (bytes, bytearray)):
-        data, name = bytes(path_or_bytes), None
-        if len(data) > max_bytes:
-            raise RequestValidationError([RowProblem(0, "file", f"{len(data):,} bytes is over the "
-                                                     f"limit of {max_bytes:,} bytes")])
-        return data, name
-    path = Path(path_or_bytes)
-    if not path.is_file():
-        raise BadInputError(f"{path} is not a file", field="file")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise RequestValidationError([RowProblem(0, "file", f"{path.name} has {size:,} bytes, over the "
-                                                 f"limit of {max_bytes:,} bytes")])
-    return path.read_bytes(), path.name
-
-
-def _decode(data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise RequestValidationError([RowProblem(0, "file", f"not UTF-8 text (invalid byte at offset "
-                                                 f"{e.start}); save the file as UTF-8")]) from None
-
-
-def read_requests(path_or_bytes, *, fmt: str | None = None, relations=None,
-                  max_bytes: int = DEFAULT_MAX_BYTES) -> list[EditRequest]:
-    """Read edit requests from a file path or uploaded bytes; raise on any problem.
-
-    fmt: "csv", "json", "counterfact", "zsre" or None (by extension, then by content).
-    Exact duplicates are kept (see `validate_requests`); everything else wrong raises
-    `RequestValidationError` with every problem and its row number.
-    """
-    if fmt is not None and fmt not in FORMATS:
-        raise BadInputError(f"unknown format '{fmt}' ({', '.join(FORMATS)})", field="format")
-    data, name = _read_bytes(path_or_bytes, max_bytes)
-    text = _decode(data)
-    if not text.strip():
-        raise RequestValidationError([RowProblem(0, "file", "empty: no edit requests")])
-    if fmt is None:
-        suffix = Path(name).suffix.lower() if name else ""
-        fmt = "csv" if suffix == ".csv" else "json" if suffix in (".json", ".jsonl") \
-            else "json" if text.lstrip()[:1] in "[{" else "csv"
-    if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text))
-        missing = _missing_columns(_normalise_keys({k: None for k in (reader.fieldnames or [])}))
-        if missing:
-            raise RequestValidationError([RowProblem(0, "columns", "missing " + ", ".join(missing)
-                                                     + f" (found: {', '.join(reader.fieldnames or [])})")])
-        rows = [{k: v for k, v in r.items() if k is not None} for r in reader]
-        reqs, problems = requests_from_rows(rows, relations)
-    else:
-        records = _parse_json(text)
-        if fmt == "json":
-            fmt = _detect_json_format(records)
-        if fmt == "json":
-            reqs, problems = requests_from_rows(records, relations)
-        else:
-            one = _counterfact_request if fmt == "counterfact" else _zsre_request
-            indexed, problems = [], []
-            for n, rec in enumerate(records, start=1):
-                if not isinstance(rec, dict):
-                    problems.append(RowProblem(n, "row", "not an object"))
-                    continue
-                req, probs = one(rec, n)
-                problems.extend(probs)
-                if req is not None:
-                    indexed.append((n, req))
-            problems.extend(_batch_problems(indexed)[0])
-            reqs = [r for _, r in indexed]
-    if problems:
-        raise RequestValidationError(problems)
-    if not reqs:
-        raise RequestValidationError([RowProblem(0, "file", "no edit requests found")])
-    return reqs
-
-
-def _parse_json(text: str) -> list:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        try:  # JSON lines
-            obj = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise RequestValidationError([RowProblem(0, "file", f"not valid JSON or JSON lines: {e}")]) from None
-    if isinstance(obj, dict):
-        obj = obj.get("requests", [obj])
-    if not isinstance(obj, list):
-        raise RequestValidationError([RowProblem(0, "file", "expected a JSON list of edit requests")])
-    return obj
-
-
 # ---- checks that need the tokenizer -------------------------------------------------------------
 
 def validate_requests(requests: list[EditRequest], tokenizer=None, max_length: int | None = None) -> ValidationReport:
@@ -506,3 +360,23 @@ def _token_problems(req: EditRequest, n: int, tokenizer, max_length: int | None)
         if n_tok + 16 > max_length:
             probs.append(RowProblem(n, "prompt", f"{n_tok} tokens: too long for a model of {max_length} positions"))
     return probs
+
+
+# ---- files (implemented in core.request_files) --------------------------------------------------
+
+def read_requests(path_or_bytes, *, fmt: str | None = None, relations=None,
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> list[EditRequest]:
+    """Read edit requests from a path or uploaded bytes (CSV, JSON, CounterFact, zsRE); strict.
+
+    Raises RequestValidationError listing every problem with its row; see core.request_files.
+    """
+    from core.request_files import read_requests as _read
+
+    return _read(path_or_bytes, fmt=fmt, relations=relations, max_bytes=max_bytes)
+
+
+def load_dataset_requests(path, n: int | None = None, *, fmt: str | None = None):
+    """The first n usable records of an evaluation set -> (requests, skipped problems); lenient."""
+    from core.request_files import load_dataset_requests as _load
+
+    return _load(path, n, fmt=fmt)
