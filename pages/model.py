@@ -43,6 +43,7 @@ if submitted:
         st.caption(f"Still using '{s.model_name}'.")
 
 handle = ui.require_handle(s)
+info = loader.loaded(ui.current_key(s))
 st.subheader(f"Model card · {s.model_name}")
 facts = ui.model_facts(handle)
 cols = st.columns(4)
@@ -50,5 +51,12 @@ for i, (label, value) in enumerate(list(facts.items())[:4]):
     cols[i].metric(label, value)
 st.dataframe({"property": list(facts), "value": [str(v) for v in facts.values()]},
              hide_index=True, width="content")
+st.markdown(f"**Edit state:** {ui.edit_state_text(handle)}")
+if info.replay and info.replay.batch_ids:
+    st.caption(f"Replayed {len(info.replay.batch_ids)} batch(es) from the workspace history when "
+               "the model was loaded.")
+if info.replay_error:
+    st.warning(f"The edit history could not be fully replayed: {info.replay_error}",
+               icon=":material/warning:")
 st.caption("MEMIT rewrites the output matrix of the MLP in a few middle layers "
            f"(`{handle.info()['mlp_out_path']}`). The Causal trace page shows which layers.")

@@ -185,3 +185,10 @@ def sidebar_card(s: state.WorkbenchState) -> None:
     info = handle.info()
     st.markdown(f"**{escape_md(s.model_name)}** · {escape_md(info['family'])}")
     st.caption(f"{info['n_layers']} layers · d={info['d_model']} · {info['n_params'] / 1e6:.1f} M params")
+    st.caption(f"Edit state: {edit_state_text(handle)}")
+
+
+def edit_state_text(handle) -> str:
+    """'clean' or 'N batches applied' (from the workspace's edit ledger)."""
+    n = loader.applied_batches(handle)
+    return "clean (no edits applied)" if n == 0 else f"{n} edit batch{'es' if n != 1 else ''} applied"
