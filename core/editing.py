@@ -18,11 +18,15 @@ from typing import Callable
 import torch
 
 from core.errors import BadInputError, WorkbenchError
+from core.ft import execute_ft
 from core.memit import EditResult, execute_memit
+from core.rome import execute_rome
 
 # name -> execute(handle, requests, hparams=None, *, progress=None, cov_cache_dir=None) -> EditResult
 METHODS: dict[str, Callable[..., EditResult]] = {
     "memit": execute_memit,
+    "rome": execute_rome,
+    "ft": execute_ft,
 }
 
 
