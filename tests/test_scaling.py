@@ -1,0 +1,125 @@
+"""Method comparison, scaling runner, before/after generations and trace-after-edit on a tiny model:
+rows agree with metrics computed directly, and the model always ends as it started."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.after_edit import find_neighbour, trace_after_edit
+from core.editing import apply_edit, revert
+from core.errors import BadInputError
+from core.genmetrics import before_after_generations, generate_texts
+from core.hparams import MemitHparams
+from core.ledger_io import live_weights
+from core.memit import execute_memit
+from core.metrics import counterfact_scores, summarize
+from core.requests import EditRequest
+from core.scaling import COLUMNS, check_sizes, compare_methods, method_hparams, run_scaling
+from core.tracing import TraceSettings
+from tests.tiny import TRAIN_TEXT
+
+POOL = [
+    EditRequest(prompt="{} plays the", subject="Miles Davis", target_new="chess", target_true="trumpet",
+                paraphrase_prompts=("Miles Davis is a player of the",),
+                neighborhood_prompts=("Orla Venn Marquez plays the",)),
+    EditRequest(prompt="{} is in the city of", subject="The Eiffel Tower", target_new="Rome",
+                target_true="Paris", paraphrase_prompts=("The Eiffel Tower is located in",),
+                neighborhood_prompts=("Toyota is in the city of",)),
+    EditRequest(prompt="{} works for", subject="Kara Selwyn", target_new="Toyota", target_true="Brightwell",
+                neighborhood_prompts=("Ada Lovelace works for",)),
+]
+SETTINGS = TraceSettings(samples=2, window=1)
+
+
+@pytest.fixture
+def hp(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TRAIN_TEXT * 3) + "\n")
+    return MemitHparams(layers=[0, 1], corpus=str(corpus), n_samples=100, v_steps=5, n_context=1,
+                        context_length=3, mom2_weight=10.0)
+
+
+def weights(handle):
+    return live_weights(handle, range(handle.n_layers))
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compare_methods_rows_match_direct_metrics(tiny_handle, hp):
+    h = tiny_handle
+    start = weights(h)
+    comp = compare_methods(h, POOL[:2], ["memit", "rome", "ft"], base_hparams=hp, gen_sample=1)
+    assert same(weights(h), start)
+    t = comp.table
+    assert list(t.columns) == COLUMNS and list(t["method"]) == ["unedited", "memit", "rome", "ft"]
+    assert list(t["n"]) == [2] * 4 and (t["seconds"][1:] > 0).all() and t["layers"].tolist()[1:] == ["0,1", "0", "1"]
+    unedited = summarize(counterfact_scores(h, POOL[:2]))
+    assert t.loc[0, "ES"] == unedited["ES"] and t.loc[0, "NS"] == unedited["NS"]
+    applied = apply_edit(h, comp.results["memit"])                  # recompute MEMIT's row directly
+    direct = summarize(counterfact_scores(h, POOL[:2]))
+    revert(h, applied)
+    for k in ("ES", "PS", "NS", "EM"):
+        assert t.loc[1, k] == pytest.approx(direct[k], abs=1e-9)
+    assert t["GE"].notna().all() and t["RS"].isna().all()           # no reference texts given
+    assert set(comp.per_edit) == {"unedited", "memit", "rome", "ft"}
+    assert method_hparams(h, "rome", hp).layers == [0] and method_hparams(h, "ft", hp).layer == 1
+
+
+def test_scaling_runs_each_size_from_unedited_weights(tiny_handle, hp):
+    h = tiny_handle
+    start = weights(h)
+    calls = []
+    df = run_scaling(h, POOL, sizes=[3, 1], methods=["memit", "ft"], base_hparams=hp, gen_sample=0,
+                     progress=lambda d, n, phase: calls.append(phase))
+    assert same(weights(h), start)
+    assert list(zip(df["method"], df["n"])) == [("unedited", 1), ("memit", 1), ("ft", 1),
+                                                ("unedited", 3), ("memit", 3), ("ft", 3)]
+    assert df["GE"].isna().all() and all(0 <= x <= 100 for x in df["ES"])
+    assert any(c.startswith("size 2/2: memit n=3") for c in calls)
+    with pytest.raises(BadInputError, match="sizes"):
+        check_sizes([1, 10], available=3)
+    with pytest.raises(BadInputError, match="methods"):
+        run_scaling(h, POOL, sizes=[1], methods=["mend"])
+
+
+def test_before_after_generations_restore_the_model(tiny_handle, hp):
+    h = tiny_handle
+    start = weights(h)
+    result = execute_memit(h, POOL[:1], hp.replace(v_weight_decay=0.0, clamp_norm_factor=50.0))
+    df = before_after_generations(h, result, n_neighbours=1, max_new_tokens=5)
+    assert same(weights(h), start)
+    assert list(df["kind"]) == ["subject", "neighbour"] * 2 and list(df["mode"]) == ["greedy"] * 2 + ["sampled"] * 2
+    assert df.loc[0, "before"] == generate_texts(h, [POOL[0].filled], max_new_tokens=5, with_prompt=False)[0]
+    applied = apply_edit(h, result)
+    assert df.loc[0, "after"] == generate_texts(h, [POOL[0].filled], max_new_tokens=5, with_prompt=False)[0]
+    df2 = before_after_generations(h, applied, n_neighbours=1, max_new_tokens=5)   # already applied
+    assert df2.equals(df)
+    revert(h, applied)
+
+
+def test_trace_after_edit(tiny_handle, hp):
+    h = tiny_handle
+    start = weights(h)
+    result = execute_memit(h, POOL[:1], hp)
+    out = trace_after_edit(h, result, neighbour=("Orla Venn Marquez plays the", "Orla Venn Marquez"),
+                           kinds=("hidden",), settings=SETTINGS)
+    assert same(weights(h), start)
+    assert out.edited["hidden"].answer.strip() == h.tokenizer.decode(
+        h.tokenizer(" chess")["input_ids"][:1]).strip()
+    assert out.before["hidden"].scores.shape == out.edited["hidden"].scores.shape
+    assert out.neighbour["hidden"].subject == "Orla Venn Marquez" and out.notes == []
+    # after the edit the clean probability of the new object is what the edited model gives
+    applied = apply_edit(h, result)
+    again = trace_after_edit(h, applied, neighbour=("Orla Venn Marquez plays the", "Orla Venn Marquez"),
+                             kinds=("hidden",), settings=SETTINGS)
+    revert(h, applied)
+    assert again.edited["hidden"].clean_prob == pytest.approx(out.edited["hidden"].clean_prob, abs=1e-6)
+    assert math.isclose(again.before["hidden"].clean_prob, out.before["hidden"].clean_prob, abs_tol=1e-6)
+    assert find_neighbour(POOL[0], subjects={"Orla Venn Marquez", "Orla"}) == (
+        "Orla Venn Marquez plays the", "Orla Venn Marquez")
+    assert find_neighbour(POOL[0], subjects={"Nobody"}) is None
