@@ -70,7 +70,11 @@ def encode(tokenizer, text: str, c0: int | None, c1: int | None, target: str | N
         last_subj = subj[-1]
     out = {"ids": ids, "subj": last_subj, "tgt_pos": [], "tgt_ids": []}
     if target:
-        tgt = [i for i, (a, b) in enumerate(offs) if b > a and b > len(text)]
+        # prompt = up to its last token with characters of `text`; target = from there to the last
+        # token with characters (a space token trimmed to zero width belongs to the target)
+        n_prompt = 1 + max((i for i, (a, b) in enumerate(offs) if b > a and b <= len(text)), default=-1)
+        last = max((i for i, (a, b) in enumerate(offs) if b > a), default=-1)
+        tgt = list(range(n_prompt, last + 1))
         if not tgt or tgt[0] < 1 or (last_subj is not None and tgt[0] <= last_subj):
             raise ValueError(f"the target '{target}' has no tokens after '{text}'")
         out["ids"] = ids[:tgt[-1]]

@@ -21,6 +21,8 @@ from workbench.cli.common import run_handler
 COMMAND_MODULES = [
     "workbench.cli.basic",
     "workbench.cli.demo",
+    "workbench.cli.edit",
+    "workbench.cli.trace",
 ]
 
 

@@ -1,0 +1,225 @@
+"""`workbench edit EDITS` and `workbench eval`: MEMIT from the command line.
+
+    workbench edit edits.csv --layers 0,1,2 --out edited-model/ --json result.json
+    workbench eval --n 100 --json scores.json        # demo model, its world's CounterFact cases
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from workbench.cli import common
+from workbench.cli.common import add_json_arg, add_model_args, write_json
+
+
+def add_hparam_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("MEMIT hyperparameters (default: the model's preset)")
+    g.add_argument("--method", default="memit", help="editing method (default memit)")
+    g.add_argument("--layers", default=None, metavar="R", help="layers R to edit, e.g. 3,4,5 or 3-8")
+    g.add_argument("--hparams", default=None, metavar="F",
+                   help="hyperparameters JSON: this tool's format or the reference implementation's")
+    g.add_argument("--lambda", dest="mom2_weight", type=float, default=None, metavar="X",
+                   help="λ, the covariance weight")
+    g.add_argument("--steps", dest="v_steps", type=int, default=None, metavar="N",
+                   help="optimisation steps for z")
+    g.add_argument("--clamp", dest="clamp_norm_factor", type=float, default=None, metavar="X",
+                   help="‖δ‖ ≤ clamp·‖h‖")
+    g.add_argument("--kl", dest="kl_factor", type=float, default=None, metavar="X", help="KL factor")
+    g.add_argument("--corpus", default=None, metavar="C", help="corpus for the key statistics: demo, a file, or a dataset name")
+    g.add_argument("--n-samples", dest="n_samples", type=int, default=None, metavar="N",
+                   help="corpus records for the statistics")
+    g.add_argument("--batch-size", dest="batch_size", type=int, default=None, metavar="N",
+                   help="edits optimised together (0 = all, 1 = serial)")
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    from core.errors import BadInputError
+
+    if not text:
+        return None
+    out = []
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                a, b = part.split("-", 1)
+                out += list(range(int(a), int(b) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise BadInputError(f"'{text}' is not a list of layers like 3,4,5 or 3-8", field="layers") from None
+    return out
+
+
+def hparams_from_args(handle, args):
+    """The preset for this model, then --hparams F, then single options on top."""
+    from core.errors import BadInputError
+    from core.hparams import MemitHparams, from_reference_json, preset_for
+
+    if args.method != "memit":
+        return None
+    hp = preset_for(handle) if not args.hparams else None
+    if args.hparams:
+        try:
+            d = json.loads(Path(args.hparams).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BadInputError(f"cannot read {args.hparams}: {e}", field="hparams") from None
+        hp = MemitHparams.from_dict(d) if "mom2_weight" in d else from_reference_json(d)
+    hp = hp.replace(layers=parse_layers(args.layers), mom2_weight=args.mom2_weight, v_steps=args.v_steps,
+                    clamp_norm_factor=args.clamp_norm_factor, kl_factor=args.kl_factor,
+                    corpus=args.corpus, n_samples=args.n_samples, batch_size=args.batch_size)
+    handle.check_layers(hp.layers)
+    return hp
+
+
+class TqdmProgress:
+    """progress(done, total, phase) -> one tqdm bar per phase."""
+
+    def __init__(self):
+        self.bar, self.phase = None, None
+
+    def __call__(self, done: int, total: int, phase: str) -> None:
+        from tqdm import tqdm
+
+        if phase != self.phase or self.bar is None:
+            self.close()
+            self.bar, self.phase = tqdm(total=total, desc=phase, leave=False), phase
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("edit", help="apply a batch of edits (CSV/JSON) with MEMIT and show the metrics",
+                       description="Read edit requests, write them into the model with MEMIT, print "
+                       "before/after metrics; --out saves the edited model (save_pretrained).")
+    p.add_argument("edits", help="edit requests: CSV (subject, relation, object[, true_object]), JSON, "
+                   "CounterFact or zsRE")
+    p.add_argument("--format", default=None, choices=["csv", "json", "counterfact", "zsre"],
+                   help="input format (default: from the extension and content)")
+    p.add_argument("--out", default=None, metavar="DIR", help="save the edited model to DIR")
+    add_model_args(p)
+    add_hparam_args(p)
+    add_json_arg(p)
+    p.set_defaults(handler=cmd_edit)
+
+    e = sub.add_parser("eval", help="CounterFact evaluation: ES/PS/NS/S before and after editing n cases",
+                       description="Edit the first n usable CounterFact cases at once and report the "
+                       "paper's scores (percent) before and after. Default: the demo model and its "
+                       "world's counterfact.json.")
+    e.add_argument("--dataset", default=None, metavar="CF.json",
+                   help="CounterFact-format JSON (default assets/world/counterfact.json)")
+    e.add_argument("--n", type=int, default=100, help="number of edits (default 100)")
+    add_model_args(e)
+    add_hparam_args(e)
+    add_json_arg(e)
+    e.set_defaults(handler=cmd_eval)
+
+
+def _fmt(x) -> str:
+    return "   -" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:5.1f}"
+
+
+def print_scores(pre: dict, post: dict, keys=("ES", "PS", "NS", "S", "new_top1")) -> None:
+    print(f"{'':8}" + "".join(f"{k:>9}" for k in keys))
+    for name, s in (("before", pre), ("after", post)):
+        print(f"{name:8}" + "".join(f"{_fmt(s.get(k)):>9}" for k in keys))
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from core.editing import edit
+    from core.metrics import counterfact_scores, summarize
+    from core.requests import read_requests, validate_requests
+
+    requests = read_requests(args.edits, fmt=args.format)
+    handle = common.load_from_args(args)
+    report = validate_requests(requests, handle.tokenizer, handle.max_length)
+    report.raise_if_bad()
+    for w in report.warnings:
+        print(f"warning: {w}")
+    hp = hparams_from_args(handle, args)
+    progress = TqdmProgress()
+    t = time.perf_counter()
+    pre = summarize(counterfact_scores(handle, report.requests, progress=progress))
+    t_pre = time.perf_counter() - t
+    applied = edit(handle, report.requests, method=args.method, hparams=hp, progress=progress)
+    t = time.perf_counter()
+    post_df = counterfact_scores(handle, report.requests, progress=progress)
+    post = summarize(post_df)
+    t_post = time.perf_counter() - t
+    progress.close()
+    result = applied.result
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"edited {len(result.requests)} facts in layers {result.layers} "
+          f"({result.timings.get('total', 0):.1f} s)")
+    print_scores(pre, post)
+    for layer in result.layers:
+        print(f"  layer {layer}: ‖ΔW‖ = {result.delta_norms[layer]:.4g}  "
+              f"(‖ΔW‖/‖W‖ = {result.relative_norms[layer]:.3g})")
+    if args.out:
+        out = Path(args.out)
+        with handle.lock:
+            handle.hf.save_pretrained(out)
+            handle.tokenizer.save_pretrained(out)
+        (out / "memit_edits.json").write_text(json.dumps(
+            {"base_model": handle.name, "base_hash": handle.base_hash, "method": result.method,
+             "layers": result.layers, "hparams": result.hparams,
+             "requests": [r.to_dict() for r in result.requests]}, indent=1) + "\n")
+        print(f"saved the edited model to {out}")
+    write_json({"n": len(result.requests), "method": result.method, "layers": result.layers,
+                "pre": pre, "post": post, "delta_norms": result.delta_norms,
+                "relative_norms": result.relative_norms,
+                "seconds": dict(result.timings, pre_eval=t_pre, post_eval=t_post),
+                "per_edit": post_df.to_dict(orient="records"), "notes": result.notes}, args.json)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from core.editing import edit, revert
+    from core.errors import BadInputError
+    from core.metrics import counterfact_scores, summarize
+    from core.model import assets_dir
+    from core.requests import load_dataset_requests
+
+    if args.n < 1:
+        raise BadInputError("must be at least 1", field="n")
+    dataset = args.dataset or str(assets_dir() / "world" / "counterfact.json")
+    if not Path(dataset).is_file():
+        raise BadInputError(f"{dataset} not found", field="dataset")
+    requests, skipped = load_dataset_requests(dataset, args.n)
+    handle = common.load_from_args(args)
+    hp = hparams_from_args(handle, args)
+    progress = TqdmProgress()
+    t0 = time.perf_counter()
+    pre = summarize(counterfact_scores(handle, requests, progress=progress))
+    t1 = time.perf_counter()
+    applied = edit(handle, requests, method=args.method, hparams=hp, progress=progress)
+    t2 = time.perf_counter()
+    post = summarize(counterfact_scores(handle, applied.result.requests, progress=progress))
+    t3 = time.perf_counter()
+    revert(handle, applied)
+    progress.close()
+    keys = ("ES", "PS", "NS", "S")
+    out = {"n": len(applied.result.requests), "model": handle.name, "dataset": dataset,
+           "method": applied.result.method, "layers": applied.result.layers,
+           "pre": {k: pre[k] for k in keys}, "post": {k: post[k] for k in keys},
+           "magnitudes": {"pre": {k: pre[k] for k in ("EM", "PM", "NM")},
+                          "post": {k: post[k] for k in ("EM", "PM", "NM")}},
+           "seconds": dict(applied.result.timings, edit=t2 - t1, pre_eval=t1 - t0, post_eval=t3 - t2,
+                           total=t3 - t0),
+           "hparams": applied.result.hparams, "skipped": len(skipped), "notes": applied.result.notes}
+    write_json(out, args.json)
+    if args.json != "-":
+        for note in applied.result.notes:
+            print(f"note: {note}")
+        print(f"{out['n']} edits in layers {out['layers']} ({t2 - t1:.1f} s; {len(skipped)} records skipped)")
+        print_scores(pre, post, keys)
+    return 0
