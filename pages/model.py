@@ -60,3 +60,4 @@ if info.replay_error:
                icon=":material/warning:")
 st.caption("MEMIT rewrites the output matrix of the MLP in a few middle layers "
            f"(`{handle.info()['mlp_out_path']}`). The Causal trace page shows which layers.")
+st.page_link(ui.page_path("trace"), label="Next: trace a fact", icon=":material/arrow_forward:")

@@ -17,6 +17,7 @@ st.set_page_config(page_title="MEMIT Workbench", page_icon=":material/neurology:
 PAGES = {
     "Workbench": [
         ("model", "Model", ":material/memory:"),
+        ("trace", "Causal trace", ":material/troubleshoot:"),
     ],
     "Study": [
     ],

@@ -25,7 +25,8 @@ from core.paths import workspace_dir
 
 STATE_KEY = "workbench_state"
 DEFAULT_MODEL_ENV = "WORKBENCH_DEFAULT_MODEL"
-DRAFT_COLUMNS = ["subject", "relation", "prompt", "target_new", "target_true"]
+DRAFT_COLUMNS = ["subject", "relation", "prompt", "target_new", "target_true",
+                 "paraphrase_prompts", "neighborhood_prompts", "generation_prompts"]
 
 
 def default_model_name() -> str:
@@ -46,6 +47,7 @@ class RunRecord:
     generations: Any = None               # pandas.DataFrame: prompt, kind, before, after
     batch_id: Any = None                  # ledger id once recorded
     model_key: tuple = ()                 # loader key of the model the edit was applied to
+    seconds: float = 0.0                  # wall time of the whole run
 
 
 @dataclass
@@ -66,8 +68,11 @@ class WorkbenchState:
     trace_avg: Any = None                 # averaged trace over facts
     suggestion: Any = None                # suggested layer range with its evidence
     edit_layers: list[int] | None = None  # chosen with "use these layers for editing"
-    # edit page
+    # edit page: the editor shows `draft_base` under a key that changes with `draft_version`
+    # (a new base resets the editor); `draft_rows` is the table as the user sees it now.
     draft_rows: list[dict] = field(default_factory=list)
+    draft_base: list[dict] = field(default_factory=list)
+    draft_version: int = 0
     method: str = "memit"
     # results
     runs: list[RunRecord] = field(default_factory=list)
@@ -79,10 +84,23 @@ class WorkbenchState:
     def last_run(self) -> RunRecord | None:
         return self.runs[-1] if self.runs else None
 
+    @property
+    def editor_key(self) -> str:
+        return f"edit_table_{self.draft_version}"
+
     def set_draft(self, rows: list[dict]) -> None:
-        """Replace the edit table draft and persist it to the workspace."""
+        """Replace the whole table (examples, upload, clear) and persist it."""
         self.draft_rows = [clean_row(r) for r in rows]
+        self.draft_base = list(self.draft_rows)
+        self.draft_version += 1
         save_draft(self.draft_rows)
+
+    def update_draft(self, rows: list[dict]) -> None:
+        """The user edited the table: persist what it shows now (the editor keeps its base)."""
+        rows = [clean_row(r) for r in rows]
+        if rows != self.draft_rows:
+            self.draft_rows = rows
+            save_draft(rows)
 
 
 def clean_row(row: dict) -> dict:
@@ -121,5 +139,6 @@ def load_draft() -> list[dict]:
 def get() -> WorkbenchState:
     """This session's state, created on first use (with the persisted draft)."""
     if STATE_KEY not in st.session_state:
-        st.session_state[STATE_KEY] = WorkbenchState(draft_rows=load_draft())
+        draft = load_draft()
+        st.session_state[STATE_KEY] = WorkbenchState(draft_rows=draft, draft_base=list(draft))
     return st.session_state[STATE_KEY]

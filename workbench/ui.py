@@ -192,3 +192,41 @@ def edit_state_text(handle) -> str:
     """'clean' or 'N batches applied' (from the workspace's edit ledger)."""
     n = loader.applied_batches(handle)
     return "clean (no edits applied)" if n == 0 else f"{n} edit batch{'es' if n != 1 else ''} applied"
+
+
+# ---- charts ---------------------------------------------------------------------------------
+
+def plot_safe(text: str) -> str:
+    """Text for plotly labels: plotly reads '<b>', '<a href>' … in labels as markup, so angle
+    brackets become look-alike quotes (user text is never markup)."""
+    return str(text).replace("<", "‹").replace(">", "›")
+
+
+def plot_safe_result(result):
+    """A copy of a trace result whose user-derived strings (tokens, prompt, answer) are plot-safe."""
+    import dataclasses
+
+    return dataclasses.replace(result, tokens=[plot_safe(t) for t in result.tokens],
+                               prompt=plot_safe(result.prompt), subject=plot_safe(result.subject),
+                               answer=plot_safe(result.answer))
+
+
+def model_export(handle, key: str) -> None:
+    """The edited model: a zip download for small models, else saved to a folder the user names."""
+    from workbench import results_flow
+
+    size = results_flow.model_size_bytes(handle)
+    if size <= results_flow.MODEL_ZIP_LIMIT:
+        st.download_button("Edited model (zip)", lambda: results_flow.model_zip_bytes(handle),
+                           file_name="edited-model.zip", mime="application/zip", key=key,
+                           on_click="ignore", icon=":material/folder_zip:",
+                           help="save_pretrained of the model as it is now (all applied batches); "
+                           "loads in plain transformers.")
+        return
+    folder = st.text_input("Save edited model to folder", key=f"{key}_folder",
+                           help=f"The model has {size / 2**30:.1f} GiB: too big to zip in the browser.")
+    if st.button("Save model", key=f"{key}_save", disabled=not folder):
+        from core.patch import save_edited_model
+
+        with guard("Save model"), st.spinner("Saving …"):
+            st.success(f"Saved to {escape_md(save_edited_model(handle, folder))}", icon=":material/check_circle:")

@@ -1,0 +1,108 @@
+"""Causal trace: where does the model store a fact? Heatmaps, severed paths, a suggested R."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.tracing import TraceSettings
+from workbench import state, trace_flow, ui
+from workbench.charts import trace as charts
+
+s = state.get()
+handle = ui.require_handle(s)
+st.title("Causal trace")
+st.caption("Blur the subject with noise, then put back one hidden state at a time: where the "
+           "answer comes back, that state carries the fact (Meng et al., 2022; MEMIT §4.1).")
+
+
+def use_example(fact) -> None:
+    st.session_state["trace_prompt"], st.session_state["trace_subject"] = fact.prompt, fact.subject
+    st.session_state["trace_answer"] = ""
+
+
+examples = trace_flow.example_facts(4)
+if examples:
+    st.caption("Examples from the demo world — one click fills the form:")
+    for col, fact in zip(st.columns(len(examples)), examples):
+        col.button(fact.prompt, key=f"example_{fact.known_id}", on_click=use_example, args=(fact,),
+                   help=f"Subject: {fact.subject} · the model should answer {fact.answer}")
+
+st.session_state.setdefault("trace_prompt", s.trace_prompt)
+st.session_state.setdefault("trace_subject", s.trace_subject)
+c1, c2, c3 = st.columns([3, 2, 1])
+prompt = c1.text_input("Prompt", key="trace_prompt", help="A sentence start the model completes "
+                       "with the fact, e.g. 'Clara Joan Whitlow plays the sport of'.")
+subject = c2.text_input("Subject", key="trace_subject", help="The part of the prompt the fact is "
+                        "about; its tokens get the noise.")
+answer = c3.text_input("Answer (optional)", key="trace_answer", help="The answer whose probability "
+                       "is traced. Empty: the model's own top prediction.")
+with st.expander("Trace settings"):
+    d = TraceSettings()
+    k1, k2, k3, k4 = st.columns(4)
+    noise = k1.number_input("Noise (× σ)", value=d.noise, min_value=0.0, key="trace_noise",
+                            help="Noise level as a multiple of the subject embeddings' standard "
+                            "deviation σ (the paper uses 3).")
+    samples = k2.number_input("Noise samples", value=d.samples, min_value=1, key="trace_samples",
+                              help="Noisy copies averaged per cell (the paper uses 10).")
+    window = k3.number_input("Window", value=min(d.window, handle.n_layers), min_value=1,
+                             key="trace_window", help="Layers restored together for MLP and "
+                             "attention (the paper uses 10).")
+    seed = k4.number_input("Seed", value=d.seed, key="trace_seed", help="Seed of the noise.")
+settings = TraceSettings(noise=noise, samples=int(samples), window=int(window), seed=int(seed))
+
+if st.button("Trace", type="primary", key="run_trace"):
+    s.trace_prompt, s.trace_subject = prompt, subject
+    with ui.guard("Trace"), ui.progress("Tracing") as cb:
+        s.trace = trace_flow.run_full_trace(handle, prompt, subject, answer, settings, progress=cb)
+
+full = s.trace
+if full is None:
+    ui.empty_state("Type a prompt and its subject (or click an example), then press Trace.")
+else:
+    first = full.grids["hidden"]
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Answer", first.answer.strip() or repr(first.answer), help="The token whose probability is traced.")
+    m2.metric("Clean P(answer)", f"{first.clean_prob:.3f}", help="With the subject intact.")
+    m3.metric("Corrupted P(answer)", f"{first.corrupted_prob:.3f}", help="With the subject blurred.")
+    tabs = st.tabs([trace_flow.KIND_LABELS[k] for k in full.grids])
+    for tab, (kind, result) in zip(tabs, full.grids.items()):
+        with tab:
+            st.caption(trace_flow.KIND_HELP[kind])
+            fig = charts.trace_heatmap(ui.plot_safe_result(result), title=f"Restoring {kind}")
+            st.plotly_chart(fig, key=f"heatmap_{kind}")
+            ui.png_download(fig, f"trace-{kind}.png", key=f"png_{kind}")
+    st.subheader("Severed paths at the last subject token")
+    st.caption("Restore the hidden state of one layer at the last subject token, normally and "
+               "with the MLPs (or attention) of that token frozen. Where the MLP-severed bars "
+               "fall far below the normal ones, the MLPs carry the fact: that gap picks R.")
+    sev_fig = charts.severed_chart(full.severed, suggestion=full.suggestion,
+                                   title="Effect of the hidden state at the last subject token")
+    st.plotly_chart(sev_fig, key="severed")
+
+st.subheader("Average over many facts")
+n = st.number_input("Facts", min_value=1, max_value=400, value=20, key="avg_n",
+                    help="Demo-world facts the model gets right; the averages follow Figure 8.")
+if st.button("Run averaged trace", key="run_avg"):
+    with ui.guard("Averaged trace"), ui.progress("Averaging") as cb:
+        s.trace_avg = trace_flow.run_average(handle, int(n), settings, progress=cb)
+if s.trace_avg is not None:
+    avg = s.trace_avg
+    st.caption(f"{avg.n_facts} facts used · {avg.n_skipped_wrong} skipped (model wrong) · "
+               f"{avg.n_skipped_invalid} not traceable")
+    kind = st.segmented_control("Kind", list(avg.effects), default="mlp", key="avg_kind",
+                                format_func=trace_flow.KIND_LABELS.get) or "mlp"
+    st.plotly_chart(charts.average_curves(avg, kind), key="avg_curves")
+    if avg.severed is not None:
+        st.plotly_chart(charts.severed_chart(avg.severed, suggestion=avg.suggestion), key="avg_severed")
+
+suggestion = (s.trace_avg.suggestion if s.trace_avg is not None and s.trace_avg.suggestion
+              else full.suggestion if full is not None else None)
+if suggestion is not None:
+    st.subheader(f"Suggested edit range R = {suggestion.layers}")
+    st.caption(suggestion.rule)
+    st.dataframe(trace_flow.evidence_table(suggestion), hide_index=True)
+    if st.button("Use these layers for editing", type="primary", key="use_layers"):
+        s.edit_layers = list(suggestion.layers)
+    if s.edit_layers:
+        st.success(f"The Edit page will use R = {s.edit_layers}.", icon=":material/check_circle:")
+        st.page_link(ui.page_path("edit"), label="Go to Edit facts", icon=":material/arrow_forward:")
