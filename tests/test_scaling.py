@@ -123,3 +123,23 @@ def test_trace_after_edit(tiny_handle, hp):
     assert find_neighbour(POOL[0], subjects={"Orla Venn Marquez", "Orla"}) == (
         "Orla Venn Marquez plays the", "Orla Venn Marquez")
     assert find_neighbour(POOL[0], subjects={"Nobody"}) is None
+
+
+def test_scaling_and_comparison_charts():
+    import pandas as pd
+
+    from workbench.charts.scaling import comparison_bars, scaling_figure
+
+    df = pd.DataFrame({"method": ["unedited", "memit", "rome"] * 2, "n": [1, 1, 1, 10, 10, 10],
+                       "ES": [20.0, 100.0, 100.0, 25.0, 99.0, 60.0], "PS": [20.0, 90.0, 95.0, 22.0, 85.0, 50.0],
+                       "NS": [80.0, 79.0, 75.0, 81.0, 78.0, 55.0], "S": [30.0, 88.0, 88.0, 31.0, 87.0, 55.0],
+                       "GE": [6.1, 6.1, 6.0, 6.1, 6.0, 4.0], "RS": [None] * 6})
+    fig = scaling_figure(df)
+    assert len(fig.data) == 5 * 3                                     # 5 panels (RS empty) × 3 lines
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis5.type == "log"
+    rome_es = next(t for t in fig.data if t.name == "ROME" and t.xaxis == "x")
+    assert list(rome_es.x) == [1, 10] and list(rome_es.y) == [100.0, 60.0]
+    assert next(t for t in fig.data if t.name == "unedited").line.dash == "dot"
+    bars = comparison_bars(df[df["n"] == 10])
+    assert [t.name for t in bars.data] == ["unedited", "MEMIT", "ROME"]
+    assert list(bars.data[2].y) == [60.0, 50.0, 55.0, 55.0]

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "workbench.cli.demo",
     "workbench.cli.edit",
     "workbench.cli.trace",
+    "workbench.cli.session",
 ]
 
 
