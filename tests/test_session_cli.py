@@ -59,3 +59,31 @@ def test_session_commands(tmp_path, capsys):
     assert main(["session", "apply", patch, "--workspace", ws2, "--model", str(other), "--device", "cpu"]) == 2
     assert "the patch was made for" in capsys.readouterr().err
     assert main(["session", "revert", "9", "--workspace", ws2]) == 2
+
+
+def test_workbench_edit_records_into_the_workspace(tmp_path, capsys):
+    from core.hparams import MemitHparams
+    from tests.tiny import TRAIN_TEXT
+
+    model, ws = tmp_path / "model", str(tmp_path / "ws")
+    save_tiny_model(model)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TRAIN_TEXT) + "\n")
+    hp = tmp_path / "hp.json"
+    hp.write_text(json.dumps(MemitHparams(layers=[0, 1], corpus=str(corpus), n_samples=50, v_steps=3,
+                                          n_context=0).to_dict()))
+    edits = tmp_path / "edits.csv"
+    edits.write_text("subject,relation,object\nMiles Davis,{} plays the,chess\n")
+    args = ["--workspace", ws, "--model", str(model), "--device", "cpu", "--hparams", str(hp)]
+    assert main(["edit", str(edits), *args]) == 0
+    assert "recorded as batch 1" in capsys.readouterr().out
+    edits.write_text("subject,relation,object\nParis,{} is the capital of,Rome\n")
+    assert main(["edit", str(edits), *args]) == 0
+    out = capsys.readouterr().out
+    assert "on top of the workspace's batches [1]" in out and "recorded as batch 2" in out
+    ledger = Ledger(ws)
+    assert [b.requests[0]["subject"] for b in ledger.batches()] == ["Miles Davis", "Paris"]
+    rep = ledger.replay(load_model(str(model), device="cpu"))
+    assert rep.batch_ids == [1, 2] and rep.matches_recorded is True
+    assert main(["edit", str(edits), *args, "--no-record"]) == 0
+    assert len(Ledger(ws).batches()) == 2

@@ -105,6 +105,11 @@ def register(sub) -> None:
     p.add_argument("--format", default=None, choices=["csv", "json", "counterfact", "zsre"],
                    help="input format (default: from the extension and content)")
     p.add_argument("--out", default=None, metavar="DIR", help="save the edited model to DIR")
+    p.add_argument("--workspace", default=None, metavar="DIR",
+                   help="edit on top of this workspace's history and record the batch there "
+                   "(default: $WORKBENCH_HOME or the user's cache folder; see `workbench session`)")
+    p.add_argument("--no-record", action="store_true",
+                   help="edit the unedited weights and record nothing in the workspace")
     add_model_args(p)
     add_hparam_args(p)
     add_json_arg(p)
@@ -140,6 +145,13 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     requests = read_requests(args.edits, fmt=args.format)
     handle = common.load_from_args(args)
+    ledger = None
+    if not args.no_record:
+        from workbench.cli.session import session_for
+
+        ledger, replayed = session_for(handle, args.workspace)
+        if replayed.batch_ids:
+            print(f"on top of the workspace's batches {replayed.batch_ids}")
     report = validate_requests(requests, handle.tokenizer, handle.max_length)
     report.raise_if_bad()
     for w in report.warnings:
@@ -174,6 +186,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
              "layers": result.layers, "hparams": result.hparams,
              "requests": [r.to_dict() for r in result.requests]}, indent=1) + "\n")
         print(f"saved the edited model to {out}")
+    if ledger is not None:
+        from workbench.cli.session import record_cli_edit
+
+        record = record_cli_edit(ledger, handle, applied, post)
+        print(f"recorded as batch {record.id} in {ledger.root} (undo: workbench session undo)")
     write_json({"n": len(result.requests), "method": result.method, "layers": result.layers,
                 "pre": pre, "post": post, "delta_norms": result.delta_norms,
                 "relative_norms": result.relative_norms,
