@@ -100,8 +100,8 @@ class RequestValidationError(BadInputError):
         shown = "; ".join(str(p) for p in self.problems[:10])
         more = f"; … and {len(self.problems) - 10} more" if len(self.problems) > 10 else ""
         n = len(self.problems)
-        super().__init__(f"{n} problem{'s' if n != 1 else ''} in the edit requests: {shown}{more}",
-                         field=self.problems[0].field if self.problems else None)
+        super().__init__(f"{n} problem{'s' if n != 1 else ''} in the edit requests: {shown}{more}")
+        self.field = self.problems[0].field if self.problems else None
 
 
 @dataclass
@@ -207,7 +207,8 @@ def _row_request(row: dict, n: int, table: dict, tmpl_ids: dict) -> tuple[EditRe
         if prompt.count("{}") > 1:
             probs.append(RowProblem(n, src_field, f"'{prompt}' has {prompt.count('{}')} '{{}}'; "
                                     "exactly one is needed, for the subject"))
-        relation_id = relation_id or tmpl_ids.get(prompt)
+        if "relation_id" not in row:      # a known template names its relation (for Eq. 5)
+            relation_id = tmpl_ids.get(prompt)
     if subject:
         for p in paraphrases:
             if subject not in p:

@@ -1,0 +1,171 @@
+"""Edit requests: readers (CSV, JSON, CounterFact, zsRE), relation names, and every validation
+problem reported with its row and field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.requests import (EditRequest, RequestValidationError, load_dataset_requests, read_requests,
+                           requests_from_rows, validate_requests)
+from tests.tiny import make_tokenizer
+
+RELATIONS = [{"relation_id": "P641", "name": "sport",
+              "templates": ["{} plays the sport of", "{} is a player of"],
+              "paraphrase_templates": ["{} is an athlete in the sport of", "The sport of {} is"]}]
+
+
+def problems_of(exc_info) -> list[str]:
+    return [str(p) for p in exc_info.value.problems]
+
+
+def test_csv_with_templates_names_and_true_objects(tmp_path):
+    f = tmp_path / "e.csv"
+    f.write_text("subject,relation,object,true_object\n"
+                 "Miles Davis,{} plays the,chess,trumpet\n"
+                 "Orla Venn,sport,tennis,\n"
+                 "Kara Selwyn,P641,golf,\n", encoding="utf-8")
+    reqs = read_requests(f, relations=RELATIONS)
+    assert reqs[0] == EditRequest("{} plays the", "Miles Davis", "chess", "trumpet")
+    assert reqs[1].prompt == "{} plays the sport of" and reqs[1].relation_id == "P641"
+    assert reqs[1].paraphrase_prompts == ("Orla Venn is an athlete in the sport of", "The sport of Orla Venn is")
+    assert reqs[1].target_true is None and reqs[2].relation_id == "P641"
+    assert reqs[0].filled == "Miles Davis plays the"
+
+
+def test_json_list_jsonl_bytes_and_roundtrip(tmp_path):
+    r = EditRequest("{} plays the", "Miles Davis", "chess", "trumpet", paraphrase_prompts=("Miles Davis plays",),
+                    case_id=7)
+    assert EditRequest.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    (tmp_path / "a.json").write_text(json.dumps([r.to_dict()]))
+    assert read_requests(tmp_path / "a.json") == [r]
+    data = (json.dumps({"subject": "A B", "prompt": "{} is", "object": "x"}) + "\n"
+            + json.dumps({"subject": "C D", "prompt": "{} is", "target_new": "y"}) + "\n").encode()
+    got = read_requests(data)                                   # uploaded bytes, JSON lines
+    assert [(g.subject, g.target_new) for g in got] == [("A B", "x"), ("C D", "y")]
+
+
+def test_counterfact_and_zsre_records_as_published(tmp_path):
+    cf = [{"case_id": 0, "pararel_idx": 2796, "requested_rewrite": {
+        "prompt": "The mother tongue of {} is", "relation_id": "P103",
+        "target_new": {"str": "English", "id": "Q1860"}, "target_true": {"str": "French", "id": "Q150"},
+        "subject": "Danielle Darrieux"},
+        "paraphrase_prompts": ["Shayna does this and Danielle Darrieux's mother tongue is"],
+        "neighborhood_prompts": ["The mother tongue of Léon Blum is"], "attribute_prompts": [],
+        "generation_prompts": ["Danielle Darrieux's mother tongue is"]}]
+    (tmp_path / "cf.json").write_text(json.dumps(cf))
+    r = read_requests(tmp_path / "cf.json")[0]
+    assert (r.prompt, r.subject, r.target_new, r.target_true, r.relation_id, r.case_id) == (
+        "The mother tongue of {} is", "Danielle Darrieux", "English", "French", "P103", 0)
+    assert r.neighborhood_prompts == ("The mother tongue of Léon Blum is",)
+    zs = [{"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?",
+           "pred": "x", "rephrase": "What university did Watts Humphrey go to?", "alt": "y",
+           "answers": ["Illinois Institute of Technology"], "loc": "nq question: who sang x",
+           "loc_ans": "Bob", "cond": "..."}]
+    (tmp_path / "zsre.json").write_text(json.dumps(zs))
+    z = read_requests(tmp_path / "zsre.json")[0]
+    assert z.prompt == "What university did {} attend?" and z.target_new == "Illinois Institute of Technology"
+    assert z.neighborhood_prompts == ("nq question: who sang x?",) and z.neighborhood_target == "Bob"
+    zs[0]["src"] = "What university did he attend?"
+    (tmp_path / "zsre.json").write_text(json.dumps(zs))
+    with pytest.raises(RequestValidationError) as e:
+        read_requests(tmp_path / "zsre.json")
+    assert problems_of(e) == ["row 1, subject: the subject 'Watts Humphrey' is absent from the question "
+                              "'What university did he attend?'"]
+
+
+@pytest.mark.parametrize("csv_text, expected", [
+    ("subject,object\nA,b\n", ["file, columns: missing relation (or prompt) (found: subject, object)"]),
+    ("name,relation,answer\nA,{} is,b\n", ["file, columns: missing subject, object (or target_new) "
+                                           "(found: name, relation, answer)"]),
+    ("subject,relation,object\n,{} is,b\nA,,b\nA,{} is,\n",
+     ["row 1, subject: empty", "row 2, relation: empty (give a template with '{}' or a relation name)",
+      "row 3, object: empty"]),
+    ("subject,prompt,object\nA,plays the,b\n", ["row 1, prompt: 'plays the' has no '{}' for the subject and is "
+                                                "not a known relation name (known: sport)"]),
+    ("subject,prompt,object\nA,{} and {} play,b\n", ["row 1, prompt: '{} and {} play' has 2 '{}'; exactly "
+                                                     "one is needed, for the subject"]),
+    ("subject,prompt,object,paraphrase_prompts\nMiles,{} plays,b,He plays|Miles plays\n",
+     ["row 1, paraphrase_prompts: the subject 'Miles' is absent from the filled prompt 'He plays'"]),
+    ("subject,relation,object\nMiles,{} plays the sport of,chess\nOrla,sport,golf\nMiles,sport,golf\n",
+     ["row 3, object: conflicts with row 1: 'Miles' under 'P641' cannot become both 'chess' and 'golf'"]),
+    ("subject,relation,object\nA,{} is,b\nA,{} is,c\nA,{} is,d\n",
+     ["row 2, object: conflicts with row 1: 'A' under '{} is' cannot become both 'b' and 'c'",
+      "row 3, object: conflicts with row 1: 'A' under '{} is' cannot become both 'b' and 'd'"]),
+    ("subject,relation,object,case_id\nA,{} is,b,x1\n", ["row 1, case_id: 'x1' is not an integer"]),
+    ("subject,relation,object\n", ["file, file: no edit requests found"]),
+])
+def test_every_bad_row_is_reported_with_row_and_field(tmp_path, csv_text, expected):
+    f = tmp_path / "e.csv"
+    f.write_text(csv_text, encoding="utf-8")
+    with pytest.raises(RequestValidationError) as e:
+        read_requests(f, relations=RELATIONS)
+    assert problems_of(e) == expected
+    assert str(e.value).startswith(f"{len(expected)} problem")
+
+
+def test_non_utf8_size_limit_empty_and_bad_json(tmp_path):
+    f = tmp_path / "e.csv"
+    f.write_bytes("subject,relation,object\nJosé,{} is,b\n".encode("latin-1"))
+    with pytest.raises(RequestValidationError, match=r"not UTF-8 text \(invalid byte at offset 27\)"):
+        read_requests(f)
+    f.write_text("subject,relation,object\n" + "A,{} is,b\n" * 100)
+    with pytest.raises(RequestValidationError, match="over the limit of 500 bytes"):
+        read_requests(f, max_bytes=500)
+    with pytest.raises(RequestValidationError, match="over the limit"):
+        read_requests(b"x" * 501, max_bytes=500)
+    f.write_text("   \n")
+    with pytest.raises(RequestValidationError, match="empty: no edit requests"):
+        read_requests(f)
+    (tmp_path / "b.json").write_text("[{]")
+    with pytest.raises(RequestValidationError, match="not valid JSON"):
+        read_requests(tmp_path / "b.json")
+    (tmp_path / "c.json").write_text('"just a string"')
+    with pytest.raises(RequestValidationError, match="expected a JSON list"):
+        read_requests(tmp_path / "c.json")
+    with pytest.raises(Exception, match="unknown format 'xml'"):
+        read_requests(f, fmt="xml")
+
+
+def test_validate_drops_duplicates_with_warning_and_checks_tokens():
+    tok = make_tokenizer()
+    a = EditRequest("{} plays the", "Miles Davis", "chess")
+    rep = validate_requests([a, EditRequest("{} works for", "Kara", "Toyota"), a], tok)
+    assert rep.ok and rep.requests == [a, EditRequest("{} works for", "Kara", "Toyota")]
+    assert rep.warnings == ["row 3 repeats row 1 (Miles Davis -> chess); dropped"]
+    rep = validate_requests([a, EditRequest("{}", "", "x"), EditRequest("{} {}", "B", "y")], tok)
+    assert [str(p) for p in rep.problems] == [
+        "row 2, subject: empty", "row 3, prompt: '{} {}' must contain exactly one '{}' for the subject (found 2)"]
+    rep = validate_requests([EditRequest("{} plays the", "Miles Davis", "chess")], tok, max_length=8)
+    assert "too long for a model of 8 positions" in str(rep.problems[0])
+    rep = validate_requests([], tok)
+    assert str(rep.problems[0]) == "file, requests: no edit requests"
+    with pytest.raises(RequestValidationError):
+        rep.raise_if_bad()
+
+
+def test_subject_inside_template_text_uses_the_placeholder_occurrence():
+    tok = make_tokenizer()
+    r = EditRequest("Paris and {} are", "Paris", "x")
+    assert validate_requests([r], tok).ok
+
+
+def test_rows_from_a_table_editor():
+    reqs, probs = requests_from_rows([{"Subject": "A", "Prompt": "{} is", "Object": "b"},
+                                      {"subject": "C", "prompt": "{} is", "object": ""}], RELATIONS)
+    assert len(reqs) == 1 and [str(p) for p in probs] == ["row 2, object: empty"]
+    reqs, probs = requests_from_rows(["not a dict"], RELATIONS)
+    assert [str(p) for p in probs] == ["row 1, row: not an object with named fields"]
+
+
+def test_dataset_loader_skips_bad_and_conflicting_records(tmp_path):
+    def case(i, s, new):
+        return {"case_id": i, "requested_rewrite": {"prompt": "{} plays", "relation_id": "P1", "subject": s,
+                                                     "target_new": {"str": new}, "target_true": {"str": "t"}}}
+    recs = [case(0, "A", "x"), case(1, "A", "y"), case(2, "", "z"), case(3, "B", "x"), case(4, "C", "x")]
+    (tmp_path / "cf.json").write_text(json.dumps(recs))
+    reqs, skipped = load_dataset_requests(tmp_path / "cf.json", 2)
+    assert [r.case_id for r in reqs] == [0, 3]
+    assert [str(p) for p in skipped] == ["row 2, object: same subject and relation as row 1; skipped",
+                                         "row 3, subject: empty"]
