@@ -1,0 +1,149 @@
+"""`workbench edit` and `workbench eval` on a tiny model: results, saved model, and every bad input
+refused with exit code 2, a one-line message naming row and field, and bit-identical weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import workbench.cli.common as common
+from tests.memit_helpers import assert_unchanged, snapshot, write_corpus
+from tests.tiny import make_tiny_handle
+from workbench.cli import main
+
+GOOD_CSV = ("subject,relation,object,true_object\n"
+            "Miles Davis,{} plays the,chess,trumpet\n"
+            "Norvania,The capital of {} is,Rome,Keldport\n")
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    handle = make_tiny_handle("gpt2")
+    monkeypatch.setattr(common, "load_from_args", lambda args: handle)
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    opts = ["--layers", "0,1", "--steps", "3", "--corpus", corpus, "--n-samples", "50",
+            "--workspace", str(tmp_path / "ws")]
+    return handle, opts, tmp_path
+
+
+def test_edit_applies_prints_saves_and_writes_json(setup, capsys):
+    handle, opts, tmp = setup
+    (tmp / "e.csv").write_text(GOOD_CSV + "Miles Davis,{} plays the,chess,trumpet\n")
+    snap = snapshot(handle)
+    rc = main(["edit", str(tmp / "e.csv"), *opts, "--out", str(tmp / "out"), "--json", str(tmp / "r.json")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "warning: row 3 repeats row 1" in out and "edited 2 facts in layers [0, 1]" in out
+    assert "before" in out and "after" in out and "layer 1: ‖ΔW‖" in out
+    r = json.loads((tmp / "r.json").read_text())
+    assert r["n"] == 2 and r["layers"] == [0, 1] and set(r["pre"]) >= {"ES", "PS", "NS", "S"}
+    assert set(r["seconds"]) >= {"targets", "update", "covariance", "pre_eval", "post_eval"}
+    changed = [k for k in snap if not torch.equal(snap[k], handle.hf.state_dict()[k])]
+    assert sorted(changed) == ["transformer.h.0.mlp.c_proj.weight", "transformer.h.1.mlp.c_proj.weight"]
+    saved = AutoModelForCausalLM.from_pretrained(tmp / "out")
+    for k, v in handle.hf.state_dict().items():
+        assert torch.equal(saved.state_dict()[k], v), k
+    manifest = json.loads((tmp / "out" / "memit_edits.json").read_text())
+    assert manifest["base_hash"] == handle.base_hash and len(manifest["requests"]) == 2
+
+
+def test_eval_reports_pre_post_in_percent_and_reverts(setup, capsys):
+    handle, opts, tmp = setup
+    cases = [{"case_id": i, "requested_rewrite": {"prompt": p, "relation_id": f"P{i}", "subject": s,
+                                                   "target_new": {"str": new}, "target_true": {"str": old}},
+              "paraphrase_prompts": [f"{s} is"], "neighborhood_prompts": ["Paris is"]}
+             for i, (p, s, new, old) in enumerate([("{} plays the", "Miles Davis", "chess", "trumpet"),
+                                                   ("{} works for", "Kara Selwyn", "Toyota", "Brightwell"),
+                                                   ("The capital of {} is", "Norvania", "Rome", "Keldport")])]
+    (tmp / "cf.json").write_text(json.dumps(cases))
+    snap = snapshot(handle)
+    opts = [o for o in opts if o not in ("--workspace", str(tmp / "ws"))]
+    rc = main(["eval", "--dataset", str(tmp / "cf.json"), "--n", "2", *opts, "--json", str(tmp / "s.json")])
+    assert rc == 0
+    s = json.loads((tmp / "s.json").read_text())
+    assert s["n"] == 2 and s["layers"] == [0, 1]
+    for phase in ("pre", "post"):
+        assert set(s[phase]) == {"ES", "PS", "NS", "S"}
+        assert all(v is None or 0 <= v <= 100 for v in s[phase].values())
+    assert set(s["seconds"]) >= {"edit", "pre_eval", "post_eval", "targets", "update", "total"}
+    assert_unchanged(handle, snap)
+    assert "ES" in capsys.readouterr().out
+
+
+BAD_INPUTS = [
+    ("missing-column.csv", "subject,object\nA,b\n", "file, columns: missing relation (or prompt)"),
+    ("empty-field.csv", "subject,relation,object\nMiles Davis,{} plays,\n", "row 1, object: empty"),
+    ("no-placeholder.csv", "subject,relation,object\nMiles Davis,plays the,chess\n",
+     "row 1, relation: 'plays the' has no '{}'"),
+    ("two-placeholders.csv", "subject,relation,object\nMiles Davis,{} plays {},chess\n",
+     "row 1, relation: '{} plays {}' has 2 '{}'"),
+    ("subject-absent.csv", "subject,relation,object,paraphrase_prompts\nMiles Davis,{} plays,chess,He plays\n",
+     "row 1, paraphrase_prompts: the subject 'Miles Davis' is absent from the filled prompt 'He plays'"),
+    ("conflict.csv", GOOD_CSV + "Miles Davis,{} plays the,golf,trumpet\n",
+     "row 3, object: conflicts with row 1"),
+    ("latin1.csv", "subject,relation,object\nJosé,{} plays,chess\n".encode("latin-1"), "not UTF-8 text"),
+    ("bad.json", "[{\"subject\": ", "not valid JSON"),
+    ("empty.csv", "", "empty: no edit requests"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_edit_files_exit_2_with_message_and_unchanged_weights(setup, capsys, name, content, message):
+    handle, opts, tmp = setup
+    f = tmp / name
+    f.write_bytes(content if isinstance(content, bytes) else content.encode())
+    snap = snapshot(handle)
+    assert main(["edit", str(f), *opts]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert_unchanged(handle, snap)
+
+
+def test_oversized_file_is_refused(setup, capsys, monkeypatch):
+    import core.requests
+
+    handle, opts, tmp = setup
+    (tmp / "big.csv").write_text(GOOD_CSV * 5)
+    snap = snapshot(handle)
+    read = core.requests.read_requests
+    monkeypatch.setattr(core.requests, "read_requests", lambda p, **k: read(p, **dict(k, max_bytes=200)))
+    assert main(["edit", str(tmp / "big.csv"), *opts]) == 2
+    assert "over the limit of 200 bytes" in capsys.readouterr().err
+    assert_unchanged(handle, snap)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--layers", "0,9"], "layers: [9] out of range"),
+    (["--layers", "a,b"], "'a,b' is not a list of layers"),
+    (["--method", "mend"], "unknown method 'mend'"),
+    (["--lambda", "-1"], "mom2_weight: invalid value -1.0"),
+    (["--hparams", "missing.json"], "cannot read missing.json"),
+])
+def test_bad_options_exit_2_and_unchanged_weights(setup, capsys, extra, message):
+    handle, opts, tmp = setup
+    (tmp / "e.csv").write_text(GOOD_CSV)
+    snap = snapshot(handle)
+    assert main(["edit", str(tmp / "e.csv"), *opts, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert_unchanged(handle, snap)
+
+
+def test_reference_hparams_file_is_accepted(setup, capsys):
+    handle, opts, tmp = setup
+    ref = {"layers": [0, 1], "clamp_norm_factor": 4, "layer_selection": "all", "fact_token": "subject_last",
+           "v_num_grad_steps": 3, "v_lr": 0.5, "v_loss_layer": 2, "v_weight_decay": 0.5, "kl_factor": 0.0625,
+           "mom2_adjustment": True, "mom2_update_weight": 10, "rewrite_module_tmp": "transformer.h.{}.mlp.c_proj",
+           "layer_module_tmp": "transformer.h.{}", "mlp_module_tmp": "transformer.h.{}.mlp",
+           "attn_module_tmp": "transformer.h.{}.attn", "ln_f_module": "transformer.ln_f",
+           "lm_head_module": "transformer.wte", "mom2_dataset": "wikipedia", "mom2_n_samples": 100,
+           "mom2_dtype": "float32"}
+    (tmp / "hp.json").write_text(json.dumps(ref))
+    (tmp / "e.csv").write_text(GOOD_CSV)
+    corpus_opts = opts[opts.index("--corpus"):opts.index("--corpus") + 2]
+    assert main(["edit", str(tmp / "e.csv"), "--hparams", str(tmp / "hp.json"), *corpus_opts,
+                 "--no-record", "--json", str(tmp / "r.json")]) == 0
+    r = json.loads((tmp / "r.json").read_text())
+    assert r["layers"] == [0, 1]
