@@ -66,6 +66,11 @@ CREATE TABLE IF NOT EXISTS batches (
 _JSON_COLUMNS = ("layers", "hparams", "requests", "metrics", "timings", "layer_hashes", "revert_info")
 
 
+def _dumps(obj) -> str:
+    """JSON for a column: numpy/torch scalars become numbers, anything else unknown a string."""
+    return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+
+
 class LedgerError(WorkbenchError):
     """The ledger cannot do what was asked (damaged batch file, nothing to undo, wrong model)."""
 
@@ -261,8 +266,8 @@ class Ledger:
             tensors[f"before.{layer}"] = before[layer].detach().cpu().contiguous()
         payload = st_save(tensors, metadata={"format": BATCH_FORMAT, "base_hash": base_hash, "method": method})
         hashes = {str(lay): {"before": layer_hash(before[lay]), "after": after_hashes[lay]} for lay in layers}
-        row = (time.time(), model_name, base_hash, method, json.dumps(layers), json.dumps(hparams),
-               json.dumps(requests), json.dumps(metrics), json.dumps(timings), json.dumps(hashes),
+        row = (time.time(), model_name, base_hash, method, _dumps(layers), _dumps(hparams),
+               _dumps(requests), _dumps(metrics), _dumps(timings), _dumps(hashes),
                digest(payload), len(payload), "applied")
         with self._write() as conn:
             cur = conn.execute(
@@ -315,11 +320,11 @@ class Ledger:
     def _set_status(self, batch_id: int, status: str, info: dict | None) -> None:
         with self._write() as conn:
             conn.execute("UPDATE batches SET status=?, revert_info=? WHERE id=?",
-                         (status, json.dumps(info) if info is not None else None, int(batch_id)))
+                         (status, _dumps(info) if info is not None else None, int(batch_id)))
 
     def update_metrics(self, batch_id: int, metrics: dict) -> None:
         with self._write() as conn:
-            conn.execute("UPDATE batches SET metrics=? WHERE id=?", (json.dumps(metrics), int(batch_id)))
+            conn.execute("UPDATE batches SET metrics=? WHERE id=?", (_dumps(metrics), int(batch_id)))
 
     # ---- undo / revert / replay / delete ---------------------------------------------------
     def last_applied(self, base_hash: str | None = None) -> BatchRecord:
@@ -392,8 +397,9 @@ class Ledger:
                progress=None) -> ReplayReport:
         """Apply a session's applied batches, in order, to a freshly loaded model.
 
-        The session is that of `handle`'s base model, or of `base_hash`; replaying a session made
-        on other weights is refused unless `force`.
+        The session is that of `handle`'s base model, or of `base_hash`. Refused unless `force`:
+        a session made on other weights, and a model whose edited layers are not at their
+        unedited weights (replaying twice would apply every batch twice).
         """
         source = base_hash or handle.base_hash
         if source != handle.base_hash and not force:
@@ -405,6 +411,8 @@ class Ledger:
             raise LedgerError(f"batch(es) {broken} of this session are missing or damaged; delete them "
                               "(workbench session delete ID) to replay the rest")
         session = [b for b in history if b.status == "applied"]
+        if not force:
+            self._check_unedited(handle, source, {x for b in session for x in b.layers})
         touched: dict[int, BatchRecord] = {}
         for i, rec in enumerate(session):
             deltas, _ = self.load_tensors(rec.id)
@@ -424,6 +432,16 @@ class Ledger:
                 live = read_layer_hashes(handle, list(comparable))
             matches = all(live[x] == rec.layer_hashes[x]["after"] for x, rec in comparable.items())
         return ReplayReport([b.id for b in session], sorted(touched), matches)
+
+    def _check_unedited(self, handle, base_hash: str, layers) -> None:
+        """Refuse to replay onto a model whose layers are not at the session's base weights."""
+        with handle.lock:
+            live = read_layer_hashes(handle, layers)
+        for layer in sorted(layers):
+            base = self.base_weights(base_hash, layer)
+            if base is not None and layer_hash(base) != live[layer]:
+                raise LedgerError(f"layer {layer} of the loaded model is not at its unedited weights "
+                                  "(already replayed or edited?); replay onto a freshly loaded model")
 
     def delete(self, batch_id: int, handle=None) -> RevertReport | None:
         """Remove a batch from the history (reverting it first if it is applied)."""

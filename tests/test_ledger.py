@@ -130,6 +130,10 @@ def test_replay_refuses_other_base_model(tmp_path, tiny_handle):
     with pytest.raises(LedgerError, match="recorded on model weights"):
         ledger.replay(other, base_hash=tiny_handle.base_hash)
     assert ledger.replay(other, base_hash=tiny_handle.base_hash, force=True).batch_ids == [1]
+    fresh = make_tiny_handle("gpt2")
+    assert ledger.replay(fresh).batch_ids == [1]
+    with pytest.raises(LedgerError, match="not at its unedited weights"):
+        ledger.replay(fresh)                                  # twice would apply the batch twice
 
 
 def test_recovery_removes_orphans_and_flags_damaged_batches(tmp_path, tiny_handle):
