@@ -147,3 +147,21 @@ def test_reference_hparams_file_is_accepted(setup, capsys):
                  "--no-record", "--json", str(tmp / "r.json")]) == 0
     r = json.loads((tmp / "r.json").read_text())
     assert r["layers"] == [0, 1]
+
+
+def test_chart_builders_draw_the_result(tmp_path):
+    from core.memit import execute_memit
+    from tests.memit_helpers import REQUESTS, small_hparams
+    from workbench.charts.edit import delta_norm_chart, metrics_chart, per_edit_chart
+
+    h = make_tiny_handle("gpt2")
+    result = execute_memit(h, REQUESTS, small_hparams(write_corpus(tmp_path / "c.txt")))
+    fig = delta_norm_chart(result)
+    assert [list(t.x) for t in fig.data] == [["0", "1"], ["0", "1"]]
+    assert list(fig.data[0].y) == [result.delta_norms[0], result.delta_norms[1]]
+    assert list(fig.data[1].y) == [result.relative_norms[0], result.relative_norms[1]]
+    pe = per_edit_chart(result)
+    assert len(pe.data[1].y) == len(REQUESTS)
+    m = metrics_chart({"ES": 10.0, "PS": float("nan"), "NS": 100.0, "S": 0.0},
+                      {"ES": 95.0, "PS": 80.0, "NS": 90.0, "S": 88.0})
+    assert list(m.data[0].y) == [10.0, None, 100.0, 0.0] and list(m.data[1].x) == ["ES", "PS", "NS", "S"]

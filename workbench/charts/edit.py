@@ -1,0 +1,74 @@
+"""Charts of an edit: EditResult / metric dicts → plotly figures (pure functions, no Streamlit).
+
+    delta_norm_chart(result)      ‖ΔW‖ per edited layer, absolute and relative to ‖W‖
+    per_edit_chart(result)        final z loss and ‖δ‖/‖h‖ per edit
+    metrics_chart(pre, post)      ES / PS / NS / S before and after (percent)
+"""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+BEFORE, AFTER = "#9aa5b1", "#1f77b4"
+
+
+def delta_norm_chart(result, title: str | None = None) -> go.Figure:
+    """Two panels over the edited layers: ‖ΔW‖_F and ‖ΔW‖_F / ‖W‖_F."""
+    layers = list(result.layers)
+    x = [str(layer) for layer in layers]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("‖ΔW‖ (Frobenius)", "‖ΔW‖ / ‖W‖"),
+                        horizontal_spacing=0.12)
+    fig.add_trace(go.Bar(x=x, y=[result.delta_norms[l] for l in layers], marker_color=AFTER,
+                         name="‖ΔW‖", hovertemplate="layer %{x}<br>‖ΔW‖ = %{y:.4g}<extra></extra>"),
+                  row=1, col=1)
+    fig.add_trace(go.Bar(x=x, y=[result.relative_norms[l] for l in layers], marker_color="#ff7f0e",
+                         name="‖ΔW‖/‖W‖", hovertemplate="layer %{x}<br>relative = %{y:.3g}<extra></extra>"),
+                  row=1, col=2)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="layer (W_out of the MLP)", type="category", row=1, col=col)
+    fig.update_layout(title=title or f"Weight change per layer ({result.method.upper()}, "
+                      f"{len(result.requests)} edits)", showlegend=False, template="plotly_white",
+                      height=340, width=760)
+    return fig
+
+
+def per_edit_chart(result, title: str | None = None) -> go.Figure:
+    """Per edit: final loss of its target z (Eq. 16) and ‖δ‖/‖h‖ (how far z moved from h)."""
+    df = result.per_edit
+    labels = [f"{s} → {t}" for s, t in zip(df["subject"], df["target_new"])]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("final z loss", "‖δ‖ / ‖h‖"), horizontal_spacing=0.12)
+    if "loss" in df:
+        fig.add_trace(go.Histogram(x=df["loss"], marker_color=AFTER, name="loss", nbinsx=30,
+                                   hovertemplate="loss %{x}<br>%{y} edits<extra></extra>"), row=1, col=1)
+    if "delta_norm" in df and "h_norm" in df:
+        ratio = [d / h if h else math.nan for d, h in zip(df["delta_norm"], df["h_norm"])]
+        fig.add_trace(go.Scatter(x=list(range(len(ratio))), y=ratio, mode="markers", text=labels,
+                                 marker_color="#ff7f0e", name="‖δ‖/‖h‖",
+                                 hovertemplate="%{text}<br>‖δ‖/‖h‖ = %{y:.3g}<extra></extra>"), row=1, col=2)
+        fig.update_xaxes(title_text="edit", row=1, col=2)
+    fig.update_xaxes(title_text="loss (NLL + KL + decay)", row=1, col=1)
+    fig.update_yaxes(title_text="edits", row=1, col=1)
+    fig.update_layout(title=title or "Targets z per edit", showlegend=False, template="plotly_white",
+                      height=340, width=760)
+    return fig
+
+
+def metrics_chart(pre: dict, post: dict, keys=("ES", "PS", "NS", "S"), title: str | None = None) -> go.Figure:
+    """Grouped bars: each metric before and after the edit (percent; missing values left out)."""
+    def val(d, k):
+        v = d.get(k)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    fig = go.Figure()
+    for name, d, color in (("before", pre, BEFORE), ("after", post, AFTER)):
+        ys = [val(d, k) for k in keys]
+        fig.add_trace(go.Bar(x=list(keys), y=ys, name=name, marker_color=color,
+                             text=[f"{y:.1f}" if y is not None else "" for y in ys], textposition="outside",
+                             hovertemplate=f"{name}<br>%{{x}} = %{{y:.1f}} %<extra></extra>"))
+    fig.update_layout(barmode="group", title=title or "Edit metrics before and after (percent)",
+                      yaxis={"range": [0, 110], "title": "percent"}, template="plotly_white",
+                      height=360, width=560, legend={"orientation": "h", "y": -0.15})
+    return fig
