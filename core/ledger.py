@@ -28,7 +28,6 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -36,110 +35,16 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from core.errors import BadInputError, WorkbenchError
+from core.errors import BadInputError
 from core.ledger_io import (
     add_delta, digest, drift_stats, layer_hash, live_weights, read_layer_hashes, set_weights, write_atomic,
 )
+from core.ledger_records import (
+    BATCH_FORMAT, JSON_COLUMNS, SCHEMA, BatchRecord, LedgerError, ReplayReport, RevertReport, dumps_column,
+)
 from core.paths import workspace_dir
 
-BATCH_FORMAT = "memit-workbench-batch/1"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    created      REAL    NOT NULL,
-    model_name   TEXT    NOT NULL,
-    base_hash    TEXT    NOT NULL,
-    method       TEXT    NOT NULL,
-    layers       TEXT    NOT NULL,   -- JSON list[int]
-    hparams      TEXT    NOT NULL,   -- JSON
-    requests     TEXT    NOT NULL,   -- JSON list of EditRequest.to_dict()
-    metrics      TEXT    NOT NULL,   -- JSON
-    timings      TEXT    NOT NULL,   -- JSON
-    layer_hashes TEXT    NOT NULL,   -- JSON {layer: {"before": h, "after": h}}
-    file_hash    TEXT    NOT NULL,   -- blake2b of batches/<id>.safetensors
-    file_size    INTEGER NOT NULL,
-    status       TEXT    NOT NULL,   -- applied | reverted | broken
-    revert_info  TEXT                -- JSON RevertReport of the last undo/revert
-);
-"""
-_JSON_COLUMNS = ("layers", "hparams", "requests", "metrics", "timings", "layer_hashes", "revert_info")
-
-
-def _dumps(obj) -> str:
-    """JSON for a column: numpy/torch scalars become numbers, anything else unknown a string."""
-    return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))
-
-
-class LedgerError(WorkbenchError):
-    """The ledger cannot do what was asked (damaged batch file, nothing to undo, wrong model)."""
-
-
-@dataclass
-class BatchRecord:
-    """One row of the ledger."""
-
-    id: int
-    created: float
-    model_name: str
-    base_hash: str
-    method: str
-    layers: list[int]
-    hparams: dict
-    requests: list[dict]
-    metrics: dict
-    timings: dict
-    layer_hashes: dict[int, dict[str, str]]
-    file_hash: str
-    file_size: int
-    status: str
-    revert_info: dict | None = None
-
-    @property
-    def n_edits(self) -> int:
-        return len(self.requests)
-
-    def summary(self) -> dict:
-        """A flat row for tables (`workbench session list`, the app's history)."""
-        subjects = [r.get("subject", "") for r in self.requests]
-        return {
-            "id": self.id, "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.created)),
-            "model": self.model_name, "base_hash": self.base_hash[:12], "method": self.method,
-            "layers": ",".join(str(x) for x in self.layers), "edits": self.n_edits,
-            "subjects": ", ".join(subjects[:3]) + (" …" if len(subjects) > 3 else ""),
-            "status": self.status, **{k: v for k, v in self.metrics.items() if isinstance(v, (int, float))},
-            "seconds": round(sum(self.timings.values()), 2) if self.timings else None,
-        }
-
-
-@dataclass
-class RevertReport:
-    """What an undo / revert did. `drift_*`: deviation from exact restoration, per layer."""
-
-    batch_id: int
-    exact: bool
-    how: str                                   # restore | subtract | ledger-only
-    drift_max_abs: dict[int, float] = field(default_factory=dict)
-    drift_rel: dict[int, float] = field(default_factory=dict)
-
-    @property
-    def max_drift(self) -> float:
-        return max(self.drift_max_abs.values(), default=0.0)
-
-    def to_dict(self) -> dict:
-        return {"batch_id": self.batch_id, "exact": self.exact, "how": self.how,
-                "drift_max_abs": {str(k): v for k, v in self.drift_max_abs.items()},
-                "drift_rel": {str(k): v for k, v in self.drift_rel.items()}}
-
-
-@dataclass
-class ReplayReport:
-    """Which batches `replay` applied and whether the result matches the recorded weights."""
-
-    batch_ids: list[int]
-    layers: list[int]
-    matches_recorded: bool | None   # None when an inexact revert makes the record incomparable
-
+__all__ = ["BatchRecord", "Ledger", "LedgerError", "ReplayReport", "RevertReport"]
 
 class Ledger:
     """The edit history of one workspace. Thread-safe; several processes may share a workspace."""
@@ -154,7 +59,7 @@ class Ledger:
         self._lock = threading.RLock()
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
         self.recovered = self._recover()
 
     # ---- storage plumbing -------------------------------------------------------------------
@@ -205,7 +110,7 @@ class Ledger:
     @staticmethod
     def _row(cursor, row) -> BatchRecord:
         d = {col[0]: val for col, val in zip(cursor.description, row)}
-        for k in _JSON_COLUMNS:
+        for k in JSON_COLUMNS:
             d[k] = json.loads(d[k]) if d[k] is not None else None
         d["layer_hashes"] = {int(k): v for k, v in d["layer_hashes"].items()}
         return BatchRecord(**d)
@@ -266,8 +171,8 @@ class Ledger:
             tensors[f"before.{layer}"] = before[layer].detach().cpu().contiguous()
         payload = st_save(tensors, metadata={"format": BATCH_FORMAT, "base_hash": base_hash, "method": method})
         hashes = {str(lay): {"before": layer_hash(before[lay]), "after": after_hashes[lay]} for lay in layers}
-        row = (time.time(), model_name, base_hash, method, _dumps(layers), _dumps(hparams),
-               _dumps(requests), _dumps(metrics), _dumps(timings), _dumps(hashes),
+        row = (time.time(), model_name, base_hash, method, dumps_column(layers), dumps_column(hparams),
+               dumps_column(requests), dumps_column(metrics), dumps_column(timings), dumps_column(hashes),
                digest(payload), len(payload), "applied")
         with self._write() as conn:
             cur = conn.execute(
@@ -320,11 +225,11 @@ class Ledger:
     def _set_status(self, batch_id: int, status: str, info: dict | None) -> None:
         with self._write() as conn:
             conn.execute("UPDATE batches SET status=?, revert_info=? WHERE id=?",
-                         (status, _dumps(info) if info is not None else None, int(batch_id)))
+                         (status, dumps_column(info) if info is not None else None, int(batch_id)))
 
     def update_metrics(self, batch_id: int, metrics: dict) -> None:
         with self._write() as conn:
-            conn.execute("UPDATE batches SET metrics=? WHERE id=?", (_dumps(metrics), int(batch_id)))
+            conn.execute("UPDATE batches SET metrics=? WHERE id=?", (dumps_column(metrics), int(batch_id)))
 
     # ---- undo / revert / replay / delete ---------------------------------------------------
     def last_applied(self, base_hash: str | None = None) -> BatchRecord:
