@@ -127,6 +127,7 @@ class PreparedTrace:
     corrupted_prob: float
     clean_states: dict = field(repr=False)    # component -> (L, T, d)
     frozen: dict = field(repr=False)          # component -> (L, S, d) at span.last, corrupted run
+    corrupted_hidden: torch.Tensor = field(repr=False)   # (L, S, T, d) block outputs, corrupted run
 
     @property
     def n_tokens(self) -> int:
@@ -192,8 +193,9 @@ def prepare_trace(handle, prompt: str, subject: str, answer: str | None = None,
                   settings: TraceSettings | None = None) -> PreparedTrace:
     """Validate everything, then run the clean prompt and the corrupted baseline.
 
-    Nothing runs when any input is bad. The corrupted run also keeps the MLP and attention
-    outputs at the last subject token, which the severed-path trace freezes.
+    Nothing runs when any input is bad. The corrupted run also keeps every block output (the
+    batched grid starts its rows from them) and the MLP and attention outputs at the last
+    subject token, which the severed-path trace freezes.
     """
     settings = (settings or TraceSettings()).validate()
     input_ids, span = encode_prompt(handle, prompt, subject)
@@ -207,17 +209,18 @@ def prepare_trace(handle, prompt: str, subject: str, answer: str | None = None,
         probs, clean = clean_forward(handle, input_ids, KINDS)
         if answer_id is None:
             answer_id = int(probs.argmax())                                     # clean top-1
-        save = [(j, c) for j in range(L) for c in ("attn", "mlp")]
+        save = {(j, c): (None if c == "hidden" else span.last) for j in range(L) for c in KINDS}
         p, saved = corrupted_forward(handle, input_ids, (span.start, span.end), noise, S, [],
-                                     answer_id, save=save, save_token=span.last)
+                                     answer_id, save=save)
     frozen = {c: torch.stack([saved[(j, c)] for j in range(L)]) for c in ("attn", "mlp")}
+    corrupted_hidden = torch.stack([saved[(j, "hidden")] for j in range(L)])   # (L, S, T, d)
     tokens = [handle.tokenizer.decode([i]) for i in input_ids[0].tolist()]
     return PreparedTrace(
         handle=handle, prompt=prompt, subject=subject, settings=settings, input_ids=input_ids,
         span=span, tokens=tokens, answer_id=answer_id,
         answer=handle.tokenizer.decode([answer_id]), noise_level=level, noise=noise,
         clean_prob=float(probs[answer_id]), corrupted_prob=float(p.mean()),
-        clean_states=clean, frozen=frozen,
+        clean_states=clean, frozen=frozen, corrupted_hidden=corrupted_hidden,
     )
 
 
@@ -227,6 +230,11 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
     """Layers restored together around `layer`: [l − ⌊w/2⌋, l + ⌈w/2⌉) clipped to the model
     (the reference implementation's window; w = 10 → l−5 … l+4)."""
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
+
+
+def first_layer(kind: str, layer: int, window: int, n_layers: int) -> int:
+    """The first layer a restoration touches (blocks below it match the corrupted run)."""
+    return layer if kind == "hidden" else window_layers(layer, window, n_layers).start
 
 
 def restoration_patches(prep: PreparedTrace, kind: str, cells: list[tuple[int, int]]) -> list[Patch]:
@@ -248,10 +256,12 @@ def restoration_patches(prep: PreparedTrace, kind: str, cells: list[tuple[int, i
 
 
 def run_grid(prep: PreparedTrace, kind: str = "hidden", *, batched: bool = True,
-             progress=None) -> TraceResult:
+             reuse_prefix: bool = True, progress=None) -> TraceResult:
     """The (tokens × layers) restoration grid of one kind.
 
-    batched=False runs one forward per (token, layer) cell (the reference loop; benchmarks).
+    batched=False runs one full forward per (token, layer) cell (the reference loop; for
+    benchmarks and tests). Batched, cells are grouped by the first layer they touch and, with
+    reuse_prefix, each forward starts from the corrupted run's states below that layer.
     """
     check_kind(kind)
     handle, S = prep.handle, prep.settings.samples
@@ -259,10 +269,13 @@ def run_grid(prep: PreparedTrace, kind: str = "hidden", *, batched: bool = True,
     scores = np.full((T, L), prep.corrupted_prob, dtype=np.float64)  # tokens before the subject
     cells = [(t, layer) for t in range(prep.span.start, T) for layer in range(L)]
     max_cells = cells_per_forward(handle, T, S, prep.settings.memory_mb) if batched else 1
+    skip = batched and reuse_prefix
+    firsts = [first_layer(kind, layer, prep.settings.window, L) for _, layer in cells]
     p = run_cells(handle, prep.input_ids, (prep.span.start, prep.span.end), prep.noise,
                   prep.answer_id, len(cells),
                   lambda chunk: restoration_patches(prep, kind, [cells[i] for i in chunk]),
-                  max_cells, progress=progress, phase=kind)
+                  max_cells, progress=progress, phase=kind, first_layers=firsts if skip else None,
+                  corrupted_hidden=prep.corrupted_hidden if skip else None)
     for (t, layer), v in zip(cells, p.tolist()):
         scores[t, layer] = v
     return TraceResult(

@@ -9,7 +9,10 @@ block l at (rows, tokens) to these values". Patches are applied in execution ord
 inside a block attention, then MLP, then the block output), as nnsight requires.
 
 Rows are chunked so that one forward stays within a memory budget; the result does not depend on
-the chunking (tests compare one cell per forward with many).
+the chunking (tests compare one cell per forward with many). A restoration first touching layer l
+leaves blocks below l exactly as in the plain corrupted run, so chunks group cells by that layer
+and start from the corrupted run's block outputs (nnsight `.skip`): the hidden-state grid then
+computes about half the layers of the one-forward-per-cell loop, with the same numbers.
 """
 
 from __future__ import annotations
@@ -76,17 +79,35 @@ def cells_per_forward(handle, n_tokens: int, samples: int, memory_mb: float) -> 
     return max(1, rows // samples)
 
 
+def skip_depth(patches: list[Patch]) -> int:
+    """The last block whose output every row shares with the plain corrupted run: −1 if a patch
+    touches block 0's internals, else up to the first patched layer (inclusive when that layer
+    is patched only at its block output, which can then be written straight into the copy)."""
+    if not patches:
+        return -1
+    first = min(p.layer for p in patches)
+    only_hidden = all(p.component == "hidden" for p in patches if p.layer == first)
+    return first if only_hidden else first - 1
+
+
 def corrupted_forward(handle, input_ids: torch.Tensor, span: tuple[int, int], noise: torch.Tensor,
                       n_rows: int, patches: list[Patch], answer_id: int,
-                      save: list[tuple[int, str]] | None = None, save_token: int | None = None):
+                      save: dict[tuple[int, str], int | None] | None = None,
+                      corrupted_hidden: torch.Tensor | None = None):
     """One forward of `n_rows` corrupted copies of the prompt with `patches` applied.
 
     input_ids: (1, T) the prompt; span: subject tokens [s0, s1); noise: (S, s1-s0, d) with
     n_rows a multiple of S (row r gets noise[r % S]). The subject-token embeddings are corrupted,
     h⁰[r, s0:s1] += ε[r % S], then the patches overwrite component outputs.
 
-    Returns (p, saved): p (n_rows,) float32 — P(answer) at the last position of every row; saved
-    maps (layer, component) of `save` to that output at token `save_token`, (n_rows, d).
+    corrupted_hidden: (L, S, T, d) block outputs of the plain corrupted run. When given, blocks
+    0 … k (k = `skip_depth(patches)`) are not run: no patch reaches them, so their outputs are
+    the corrupted run's, and block k's output is taken from `corrupted_hidden` (with block-k
+    patches written into it). Same numbers, fewer layers computed.
+
+    Returns (p, saved): p (n_rows,) float32 — P(answer) at the last position of every row;
+    saved maps each (layer, component) of `save` to its output at the given token (n_rows, d),
+    or at all tokens (n_rows, T, d) when the token is None.
     Caller holds `handle.lock` and `torch.no_grad()`.
     """
     S = noise.shape[0]
@@ -95,21 +116,32 @@ def corrupted_forward(handle, input_ids: torch.Tensor, span: tuple[int, int], no
     batch = {"input_ids": input_ids.expand(n_rows, T),
              "attention_mask": torch.ones(n_rows, T, dtype=torch.long, device=input_ids.device)}
     noise_rows = noise.repeat(n_rows // S, 1, 1)                                # (n_rows, s1-s0, d)
+    save = dict(save or {})
+    skip = skip_depth(patches) if corrupted_hidden is not None and not save else -1
+    start = None
+    if skip >= 0:
+        start = corrupted_hidden[skip].repeat(n_rows // S, 1, 1)               # (n_rows, T, d)
+        for p in patches:
+            if p.layer == skip:
+                start[p.rows, p.tokens] = p.values
+        patches = [p for p in patches if p.layer > skip]
     by_key: dict[tuple[int, str], list[Patch]] = {}
     for p in patches:
         by_key.setdefault((p.layer, p.component), []).append(p)
-    wanted = set(save or ())
-    keys = sorted(set(by_key) | wanted, key=lambda k: (k[0], COMPONENTS.index(k[1])))
+    keys = sorted(set(by_key) | set(save), key=lambda k: (k[0], COMPONENTS.index(k[1])))
     saved: dict[tuple[int, str], torch.Tensor] = {}
     with handle.model.trace(batch, logits_to_keep=1):
         emb = handle.embed.output                                               # (n_rows, T, d)
         emb[:, s0:s1] += noise_rows
+        for j in range(skip + 1):  # blocks 0..skip: not run; only block `skip`'s output is read
+            handle.layer(j).skip(start)
         for key in keys:  # ascending (layer, component): nnsight's execution order
             out = component_output(handle, *key)                                # (n_rows, T, d)
             for p in by_key.get(key, ()):
                 out[p.rows, p.tokens] = p.values
-            if key in wanted:
-                saved[key] = out[:, save_token].clone().save()
+            if key in save:
+                tok = save[key]
+                saved[key] = (out if tok is None else out[:, tok]).clone().save()
         logits = handle.lm_head.output[:, -1]                                   # (n_rows, V)
         p_answer = torch.softmax(logits.float(), dim=-1)[:, answer_id].save()
     return p_answer.detach().float().cpu(), saved
@@ -131,22 +163,34 @@ def clean_forward(handle, input_ids: torch.Tensor, components: tuple[str, ...]):
 
 
 def run_cells(handle, input_ids, span, noise, answer_id: int, n_cells: int, patches_for,
-              max_cells: int, progress=None, phase: str = "") -> torch.Tensor:
+              max_cells: int, progress=None, phase: str = "", first_layers: list[int] | None = None,
+              corrupted_hidden: torch.Tensor | None = None) -> torch.Tensor:
     """P(answer) averaged over the S noise samples for each of `n_cells` restorations.
 
-    patches_for(cells: range) -> list[Patch] builds the patches of a chunk of cells, with rows
-    numbered from 0 inside the chunk. Chunks hold at most `max_cells` cells. Returns (n_cells,).
+    patches_for(cells: list[int]) -> list[Patch] builds the patches of a chunk of cells, with
+    rows numbered from 0 inside the chunk (cell k of the chunk owns rows k·S … k·S+S-1).
+    Chunks hold at most `max_cells` cells. With `first_layers` (the first layer each cell
+    touches) and `corrupted_hidden`, chunks group cells by that layer, so each forward can skip
+    the blocks its rows share with the corrupted run. Returns (n_cells,).
     """
     S = noise.shape[0]
     out = torch.empty(n_cells)
+    order = sorted(range(n_cells), key=lambda i: first_layers[i]) if first_layers else list(range(n_cells))
+    chunks: list[list[int]] = []
+    for i in order:
+        same_group = chunks and (not first_layers or first_layers[chunks[-1][0]] == first_layers[i])
+        if same_group and len(chunks[-1]) < max_cells:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
     done = 0
-    while done < n_cells:
-        chunk = range(done, min(n_cells, done + max_cells))
+    for chunk in chunks:
         with handle.lock, torch.no_grad():
             p, _ = corrupted_forward(handle, input_ids, span, noise, len(chunk) * S,
-                                     patches_for(chunk), answer_id)
-        out[chunk.start:chunk.stop] = p.view(len(chunk), S).mean(dim=1)        # mean over samples
-        done = chunk.stop
+                                     patches_for(chunk), answer_id,
+                                     corrupted_hidden=corrupted_hidden)
+        out[chunk] = p.view(len(chunk), S).mean(dim=1)                         # mean over samples
+        done += len(chunk)
         if progress:
             progress(done, n_cells, phase)
     return out

@@ -8,8 +8,8 @@ and measure P(answer), three ways:
                   so the restored state cannot act through later MLPs at S (green bars);
     attn severed  the attention outputs a_S^j frozen likewise (red bars).
 
-Freezing j ≤ l changes nothing (those outputs precede the restored state), so "every layer" and
-"every later layer" are the same test. A large gap normal − mlp severed at layer l means the MLPs
+Only layers j > l are frozen: outputs at j ≤ l precede the restored state and already hold their
+corrupted values, so "every layer" (the reference code) and "every later layer" are the same test. A large gap normal − mlp severed at layer l means the MLPs
 after l mediate the recall; MEMIT's edit range R is where that gap is largest (`core.layer_select`).
 """
 
@@ -72,28 +72,24 @@ class SeveredResult:
 
 def severed_patches(prep: PreparedTrace, cells: list[tuple[str, int]]) -> list[Patch]:
     """Patches for cells (mode, layer): restore h_S^layer in the cell's rows, and for modes
-    "mlp"/"attn" freeze that component's output at S in every layer to its corrupted value."""
+    "mlp"/"attn" freeze that component's output at S in every later layer to its corrupted value."""
     S, L, dev = prep.settings.samples, prep.handle.n_layers, prep.input_ids.device
     tok = prep.span.last
     hidden_rows: dict[int, list] = {}
-    frozen_rows: dict[str, list] = {"mlp": [], "attn": []}
+    frozen_rows: dict[tuple[int, str], list] = {}
     for c, (mode, layer) in enumerate(cells):
         rows = sample_rows(c, S, dev)
         hidden_rows.setdefault(layer, []).append(rows)
         if mode != "normal":
-            frozen_rows[mode].append(rows)
+            for j in range(layer + 1, L):
+                frozen_rows.setdefault((j, mode), []).append(rows)
     patches = []
-    samples = {}
-    for comp, rs in frozen_rows.items():
-        if rs:
-            r = torch.cat(rs)
-            samples[comp] = (r, r % S)                                          # row → noise sample
     for j in range(L):
         for comp in ("attn", "mlp"):
-            if comp in samples:
-                r, s = samples[comp]
+            if (j, comp) in frozen_rows:
+                r = torch.cat(frozen_rows[(j, comp)])
                 toks = torch.full_like(r, tok)
-                patches.append(Patch(j, comp, r, toks, prep.frozen[comp][j, s]))
+                patches.append(Patch(j, comp, r, toks, prep.frozen[comp][j, r % S]))  # row → sample
         if j in hidden_rows:
             r = torch.cat(hidden_rows[j])
             toks = torch.full_like(r, tok)
@@ -101,15 +97,19 @@ def severed_patches(prep: PreparedTrace, cells: list[tuple[str, int]]) -> list[P
     return patches
 
 
-def run_severed(prep: PreparedTrace, *, batched: bool = True, progress=None) -> SeveredResult:
-    """The three severed-path curves at the last subject token, from a prepared trace."""
+def run_severed(prep: PreparedTrace, *, batched: bool = True, reuse_prefix: bool = True,
+                progress=None) -> SeveredResult:
+    """The three severed-path curves at the last subject token, from a prepared trace.
+    batched / reuse_prefix as in `core.tracing.run_grid`."""
     handle, S, L = prep.handle, prep.settings.samples, prep.handle.n_layers
     cells = [(mode, layer) for mode in MODES for layer in range(L)]
     max_cells = cells_per_forward(handle, prep.n_tokens, S, prep.settings.memory_mb) if batched else 1
     p = run_cells(handle, prep.input_ids, (prep.span.start, prep.span.end), prep.noise,
                   prep.answer_id, len(cells),
                   lambda chunk: severed_patches(prep, [cells[i] for i in chunk]),
-                  max_cells, progress=progress, phase="severed")
+                  max_cells, progress=progress, phase="severed",
+                  first_layers=[layer for _, layer in cells] if batched and reuse_prefix else None,
+                  corrupted_hidden=prep.corrupted_hidden if batched and reuse_prefix else None)
     curves = p.view(len(MODES), L).double().numpy()
     return SeveredResult(
         prompt=prep.prompt, subject=prep.subject, token=prep.span.last,

@@ -182,11 +182,15 @@ def test_batched_grid_equals_per_cell_loop(prep):
         batched = run_grid(prep, kind)
         chunked = run_grid(prep_small, kind)
         loop = run_grid(prep, kind, batched=False)
+        full = run_grid(prep, kind, reuse_prefix=False)       # batched, every block run
         np.testing.assert_allclose(batched.scores, loop.scores, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(full.scores, loop.scores, atol=1e-6, rtol=0)
         np.testing.assert_allclose(chunked.scores, loop.scores, atol=1e-6, rtol=0)
     s_batched, s_loop = run_severed(prep), run_severed(prep, batched=False)
+    s_full = run_severed(prep, reuse_prefix=False)
     for name in ("normal", "mlp_severed", "attn_severed"):
         np.testing.assert_allclose(getattr(s_batched, name), getattr(s_loop, name), atol=1e-6)
+        np.testing.assert_allclose(getattr(s_full, name), getattr(s_loop, name), atol=1e-6)
 
 
 def test_severed_normal_is_hidden_trace_row(prep):

@@ -7,6 +7,7 @@ downloaded: without a browser the error says how to install one.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 
@@ -35,6 +36,9 @@ def figure_to_png(fig, *, width: int | None = None, height: int | None = None, s
                              "or set BROWSER_PATH to a Chrome binary); kaleido renders through it")
     import kaleido
 
+    # choreographer logs (and ignores) stray non-JSON output of the browser on its pipe with a
+    # full traceback; the render is unaffected, so keep that out of the user's terminal.
+    logging.getLogger("choreographer.channels").setLevel(logging.CRITICAL)
     opts = {"format": "png", "width": int(width or fig.layout.width or 1000),
             "height": int(height or fig.layout.height or 600), "scale": float(scale)}
     try:

@@ -1,0 +1,1 @@
+"""Benchmarks behind `workbench bench NAME`: each module exposes `add_args(parser)` and `run(args) -> dict`."""
