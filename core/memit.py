@@ -100,6 +100,39 @@ def keys_and_hidden(handle, requests: list[EditRequest], layer: int, z_layer: in
 
 # ---- Algorithm 1 --------------------------------------------------------------------------------
 
+def spread_update(handle, requests, layers: list[int], context_templates: list[str], z: torch.Tensor,
+                  covs: dict[int, torch.Tensor], lam: float, progress=None) -> tuple[dict, dict]:
+    """Algorithm 1, lines 5-15: ΔW for each layer of R, ascending, on the partly edited model.
+
+    Returns ({layer: ΔW in the stored layout, CPU fp32}, {layer: mean ‖zᵢ − hᵢᴸ‖ before its update}).
+    The weights are restored bit-exactly before returning, also on any exception.
+    """
+    L = max(layers)
+    deltas, residual_norms = {}, {}
+    weights = {layer: handle.mlp_out_weight(layer) for layer in layers}
+    originals = {layer: w.detach().clone() for layer, w in weights.items()}
+    try:
+        with handle.lock:
+            for i, layer in enumerate(layers):
+                K, h = keys_and_hidden(handle, requests, layer, L, context_templates)   # Eq. 19, (n, d_mlp)
+                resid = z - h                                                   # (n, d) zᵢ − hᵢᴸ
+                residual_norms[layer] = float(resid.norm(dim=1).mean())
+                R = resid / (len(layers) - i)                                   # Eq. 20
+                delta = solve_delta(K, R, covs[layer], lam)                     # Eq. 14, (d, d_mlp)
+                stored = to_layout(delta, handle.spec.layout)
+                with torch.no_grad():
+                    w0 = originals[layer]
+                    weights[layer].copy_(w0 + stored.to(w0.device, w0.dtype))  # W ← W₀ + Δ
+                deltas[layer] = stored.float().cpu()
+                if progress is not None:
+                    progress(i + 1, len(layers), "update")
+    finally:
+        with handle.lock, torch.no_grad():
+            for layer, w in weights.items():
+                w.copy_(originals[layer])
+    return deltas, residual_norms
+
+
 def execute_memit(handle, requests: list[EditRequest], hparams: MemitHparams | None = None, *,
                   progress=None, cov_cache_dir=None) -> EditResult:
     """Compute the MEMIT update for `requests` (Algorithm 1).
@@ -136,33 +169,13 @@ def execute_memit(handle, requests: list[EditRequest], hparams: MemitHparams | N
     timings["targets"] = tz.seconds
 
     t = time.perf_counter()
-    deltas, residual_norms = {}, {}
-    weights = {layer: handle.mlp_out_weight(layer) for layer in layers}
-    originals = {layer: w.detach().clone() for layer, w in weights.items()}
-    try:
-        with handle.lock:
-            for i, layer in enumerate(layers):
-                K, h = keys_and_hidden(handle, reqs, layer, L, templates)       # on the partly edited model
-                resid = tz.z - h                                                # (n, d) zᵢ − hᵢᴸ
-                residual_norms[layer] = float(resid.norm(dim=1).mean())
-                R = resid / (len(layers) - i)                                   # Eq. 20
-                delta = solve_delta(K, R, stats[layer].C, hp.mom2_weight)       # Eq. 14, (d, d_mlp)
-                stored = to_layout(delta, handle.spec.layout)
-                with torch.no_grad():
-                    w0 = originals[layer]
-                    weights[layer].copy_(w0 + stored.to(w0.device, w0.dtype))
-                deltas[layer] = stored.float().cpu()
-                if progress is not None:
-                    progress(i + 1, len(layers), "update")
-    finally:
-        with handle.lock, torch.no_grad():
-            for layer, w in weights.items():
-                w.copy_(originals[layer])
+    deltas, residual_norms = spread_update(handle, reqs, layers, templates, tz.z,
+                                           {l: stats[l].C for l in layers}, hp.mom2_weight, progress)
     timings["update"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
     delta_norms = {l: float(d.norm()) for l, d in deltas.items()}
-    relative = {l: delta_norms[l] / max(float(originals[l].float().norm()), 1e-12) for l in layers}
+    relative = {l: delta_norms[l] / max(float(handle.mlp_out_weight(l).float().norm()), 1e-12) for l in layers}
     per_edit = pd.DataFrame({
         "case_id": [r.case_id for r in reqs], "subject": [r.subject for r in reqs],
         "prompt": [r.prompt for r in reqs], "target_new": [r.target_new for r in reqs],

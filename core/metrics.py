@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from core.requests import EditRequest
-from core.targets import encode, pad_left
+from core.targets import encode, final_norm, head, pad_left
 
 
 @torch.no_grad()
@@ -44,10 +44,12 @@ def target_scores(handle, items: list[tuple[str, str]], batch_size: int = 64,
         rows_t = torch.tensor(rows, device=handle.device)
         pos_t = torch.tensor(pos, device=handle.device)
         tok_t = torch.tensor(tok, device=handle.device)
-        with handle.lock, handle.model.trace({"input_ids": ids, "attention_mask": mask}):
-            logits = handle.lm_head.output[rows_t, pos_t].float()              # (N_tok, V)
-            lp = logits.log_softmax(-1).gather(1, tok_t.unsqueeze(1)).squeeze(1).save()
-            hit = (logits.argmax(-1) == tok_t).save()
+        with handle.lock, handle.model.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
+            normed = final_norm(handle).output[rows_t, pos_t].save()          # (N_tok, d)
+            tracer.stop()
+        logits = head(handle)(normed).float()                                  # (N_tok, V)
+        lp = logits.log_softmax(-1).gather(1, tok_t.unsqueeze(1)).squeeze(1)
+        hit = logits.argmax(-1) == tok_t
         owner_t = torch.tensor(owner)
         count = torch.bincount(owner_t, minlength=len(idx)).double()
         s_lp = torch.zeros(len(idx), dtype=torch.float64).index_add(0, owner_t, lp.double().cpu())

@@ -12,7 +12,8 @@ is below v_loss_tol (as the public implementation does, one edit at a time). Her
 a batch × all their prompts form ONE padded forward per step: rows never interact, so edit i's
 gradient is exactly its own; Adam is kept per edit (own step count), so an edit that stops early
 stops moving. `batch_size=1` runs the same code one edit at a time (the serial mode, for checks
-and benchmarks). Interventions go through nnsight; the loss is computed from the saved logits.
+and benchmarks). Interventions go through nnsight; the forward stops after the final norm and
+the head is applied to the target and KL positions only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.arch import get_path
 from core.model import position_ids_for
 from core.requests import EditRequest
 
@@ -40,6 +42,8 @@ class TargetResult:
     kl: list[float]
     steps: list[int]         # Adam steps taken
     seconds: float
+    tokens: int = 0          # non-pad token positions run forward (all steps; for FLOP counts)
+    forwards: int = 0        # traced forward (+ backward) passes
 
 
 # ---- prompts and tokens -------------------------------------------------------------------------
@@ -95,6 +99,17 @@ def pad_left(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
         mask[i, p:] = 1
         pads.append(p)
     return ids.to(device), mask.to(device), pads
+
+
+def final_norm(handle):
+    """Envoy of the final norm: its output, put through the head, gives the logits."""
+    return get_path(handle.model, handle.spec.final_norm)
+
+
+def head(handle) -> torch.nn.Module:
+    """The unembedding module (applied by hand to the few positions a loss needs, instead of the
+    model computing logits for every position: B·T·V floats avoided)."""
+    return get_path(handle.hf, handle.spec.lm_head)
 
 
 # ---- context prefixes ---------------------------------------------------------------------------
@@ -153,7 +168,8 @@ def compute_targets(handle, requests: list[EditRequest], layer: int, context_tem
     cat = lambda k: [x for p in parts for x in p[k]]  # noqa: E731
     return TargetResult(z=torch.cat([p["z"] for p in parts]), h=torch.cat([p["h"] for p in parts]),
                         loss=cat("loss"), nll=cat("nll"), kl=cat("kl"), steps=cat("steps"),
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0, tokens=sum(p["tokens"] for p in parts),
+                        forwards=sum(p["forwards"] for p in parts))
 
 
 def _build_rows(tokenizer, requests, templates):
@@ -198,6 +214,7 @@ def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
     h0 = kl_init = None
     loss_f, nll_f, kl_f = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     steps = torch.zeros(n, dtype=torch.long)
+    n_tokens = n_forwards = 0
     with handle.lock:
         for it in range(hp.v_steps):
             act = active.nonzero().squeeze(1)                                       # active edits
@@ -207,22 +224,26 @@ def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
             ids, mask = ids_all[sel], mask_all[sel]
             cut = int((mask.sum(0) > 0).nonzero()[0])                               # drop all-pad columns
             ids, mask = ids[:, cut:], mask[:, cut:]
+            n_tokens, n_forwards = n_tokens + int(mask.sum()), n_forwards + 1
             tsel = active[row_edit[t_row]].nonzero().squeeze(1)
             tr, tp = remap[t_row[tsel]], t_pos[tsel] - cut
             kr = remap[kl_row[act]]
             pos = subj_all[sel] - cut
             d_rows = delta[row_edit[sel]]                                           # (B, d)
             batch = torch.arange(len(sel), device=dev)
-            with handle.model.trace({"input_ids": ids, "attention_mask": mask}):
+            with handle.model.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
                 out = handle.layer(layer).output                                     # (B, T, d)
                 h_at = out[batch, pos].detach().float().save()                      # (B, d)
                 new = out.clone()
                 new[batch, pos] = new[batch, pos] + d_rows.to(out.dtype)            # h += δ
                 handle.layer(layer).output = new
-                logits = handle.lm_head.output                                       # (B, T, V)
-                tok_lp = logits[tr, tp].float().log_softmax(-1).gather(
-                    1, t_ids[tsel].unsqueeze(1)).squeeze(1).save()                   # (N_tok,)
-                kl_lp = logits[kr, pos[kr]].float().log_softmax(-1).save()          # (n_act, V)
+                normed = final_norm(handle).output                                  # (B, T, d)
+                h_tok = normed[tr, tp].save()                                       # (N_tok, d)
+                h_kl = normed[kr, pos[kr]].save()                                   # (n_act, d)
+                tracer.stop()                                    # the head runs on these rows only
+            tok_lp = head(handle)(h_tok).float().log_softmax(-1).gather(
+                1, t_ids[tsel].unsqueeze(1)).squeeze(1)                             # (N_tok,)
+            kl_lp = head(handle)(h_kl).float().log_softmax(-1)                      # (n_act, V)
             if h0 is None:                                                           # step 0: all active
                 h0 = h_at[remap[bare_row]]                                          # (n, d) hᴸ
                 kl_init = kl_lp.detach()                                            # log p_0
@@ -250,7 +271,7 @@ def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
             active[act[done]] = False
     z = (h0 + delta.detach()).float()
     return {"z": z, "h": h0.float(), "loss": loss_f.tolist(), "nll": nll_f.tolist(),
-            "kl": kl_f.tolist(), "steps": steps.tolist()}
+            "kl": kl_f.tolist(), "steps": steps.tolist(), "tokens": n_tokens, "forwards": n_forwards}
 
 
 @torch.no_grad()
