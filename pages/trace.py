@@ -44,7 +44,7 @@ with st.expander("Trace settings"):
                             "deviation σ (the paper uses 3).")
     samples = k2.number_input("Noise samples", value=d.samples, min_value=1, key="trace_samples",
                               help="Noisy copies averaged per cell (the paper uses 10).")
-    window = k3.number_input("Window", value=min(d.window, handle.n_layers), min_value=1,
+    window = k3.number_input("Window", value=d.window, min_value=1,
                              key="trace_window", help="Layers restored together for MLP and "
                              "attention (the paper uses 10).")
     seed = k4.number_input("Seed", value=d.seed, key="trace_seed", help="Seed of the noise.")
@@ -61,7 +61,8 @@ if full is None:
 else:
     first = full.grids["hidden"]
     m1, m2, m3 = st.columns(3)
-    m1.metric("Answer", first.answer.strip() or repr(first.answer), help="The token whose probability is traced.")
+    m1.metric("Answer", first.answer.strip() or repr(first.answer),
+              help="The token whose probability is traced.")
     m2.metric("Clean P(answer)", f"{first.clean_prob:.3f}", help="With the subject intact.")
     m3.metric("Corrupted P(answer)", f"{first.corrupted_prob:.3f}", help="With the subject blurred.")
     tabs = st.tabs([trace_flow.KIND_LABELS[k] for k in full.grids])

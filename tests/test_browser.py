@@ -59,10 +59,10 @@ def server(tmp_path_factory):
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1")
     if not demo_model_dir().is_dir():
-        from tests.tiny import save_tiny_model
+        from tests.test_app import save_app_model
 
         tiny = str(tmp_path_factory.mktemp("tiny-model"))
-        save_tiny_model(tiny)
+        save_app_model(tiny)
         env["WORKBENCH_DEFAULT_MODEL"] = tiny
     exe = Path(sys.executable).parent / "workbench"
     cmd = [str(exe)] if exe.exists() else [shutil.which("workbench") or "workbench"]
@@ -114,10 +114,63 @@ def wait_idle(pg, timeout_ms: int = 120_000) -> None:
     pg.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=timeout_ms)
 
 
-def test_model_page_in_browser(server, page):
+def nav(pg, title: str) -> None:
+    """Switch page through the sidebar navigation (same browser session)."""
+    pg.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    pg.get_by_role("heading", name=title).first.wait_for()
+    wait_idle(pg)
+
+
+def test_trace_edit_results_in_a_real_browser(server, page):
+    from playwright.sync_api import expect
+
     page.goto(server + "/")
     page.get_by_test_id("stMetric").first.wait_for()
     wait_idle(page)
     assert page.get_by_text("Model card").is_visible()
     assert page.get_by_test_id("stMetricValue").first.inner_text() == "gpt2"
     shot(page, "01-model")
+
+    # trace: one click on a demo-world example, then Trace
+    nav(page, "Causal trace")
+    page.get_by_text("press Trace").wait_for()
+    page.get_by_test_id("stButton").first.locator("button").first.click()
+    expect(page.get_by_role("textbox", name="Prompt")).not_to_have_value("")
+    wait_idle(page)
+    page.get_by_role("button", name="Trace", exact=True).click()
+    page.get_by_text("Severed paths at the last subject token").wait_for()
+    wait_idle(page)
+    shot(page, "02-trace")
+    assert page.get_by_test_id("stPlotlyChart").count() >= 2     # a heatmap tab + the severed chart
+    assert page.get_by_text("Suggested edit range R").first.is_visible()
+    page.get_by_role("button", name="Use these layers for editing").click()
+    page.get_by_text("The Edit page will use R").wait_for()
+    shot(page, "02-trace")
+
+    # edit: ten demo-world facts, checked, then MEMIT
+    nav(page, "Edit facts")
+    page.get_by_role("button", name="10 examples").click()
+    page.get_by_text("10 edit(s) ready").wait_for()
+    wait_idle(page)
+    shot(page, "03-edit")
+    page.get_by_role("button", name="Run MEMIT on 10 edit(s)").click()
+
+    # results: the run lands here with metrics, the ΔW chart and generations
+    page.get_by_role("heading", name="Metrics before → after").wait_for(timeout=600_000)
+    wait_idle(page, timeout_ms=300_000)
+    assert page.get_by_text("Score S").first.is_visible()
+    assert page.get_by_role("heading", name="Weight change per layer").is_visible()
+    assert page.get_by_role("heading", name="Generations before → after").is_visible()
+    assert page.get_by_test_id("stPlotlyChart").count() >= 1
+    path = shot(page, "04-results")
+    docs = ROOT / "docs"
+    docs.mkdir(exist_ok=True)
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.screenshot(path=str(docs / "screenshot.png"))
+    assert path.stat().st_size > 10_000
+
+    # the history lists the batch; undo brings the model back to clean
+    nav(page, "History")
+    page.get_by_role("button", name="Undo last batch").click()
+    page.get_by_text("undone (bit-exact)").wait_for()
+    assert page.get_by_text("clean (no edits applied)").first.is_visible()

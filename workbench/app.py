@@ -18,8 +18,13 @@ PAGES = {
     "Workbench": [
         ("model", "Model", ":material/memory:"),
         ("trace", "Causal trace", ":material/troubleshoot:"),
+        ("edit", "Edit facts", ":material/edit_note:"),
+        ("results", "Results", ":material/analytics:"),
+        ("history", "History", ":material/history:"),
     ],
     "Study": [
+        ("evaluate", "Evaluate", ":material/monitoring:"),
+        ("learn", "Learn", ":material/school:"),
     ],
 }
 

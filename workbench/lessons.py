@@ -16,7 +16,6 @@ class Step:
     title: str
     text: str
     equations: tuple[tuple[str, str], ...]   # (caption, LaTeX)
-    action: str                              # what the button does
 
 
 STEPS = (
@@ -39,7 +38,6 @@ STEPS = (
             ("Eq. 4 — an MLP layer",
              r"m^{l}_{[t]} = W^{l}_{out}\,\sigma\!\left(W^{l}_{in}\,\gamma\!\left(h^{l-1}_{[t]}\right)\right)"),
         ),
-        action="Ask",
     ),
     Step(
         key="trace",
@@ -56,7 +54,6 @@ STEPS = (
              r"\mathrm{IE}(h^{l}_{[t]}) = P_{\text{corrupted},\ h^{l}_{[t]}\ \text{clean}}[o] "
              r"- P_{\text{corrupted}}[o]"),
         ),
-        action="Trace",
     ),
     Step(
         key="layers",
@@ -72,7 +69,6 @@ STEPS = (
             ("Eq. 6 — the hidden state at the last subject token, unrolled",
              r"h^{L}_{i} = h^{0}_{i} + \sum_{l=1}^{L} a^{l}_{i} + \sum_{l=1}^{L} m^{l}_{i}"),
         ),
-        action="Find R",
     ),
     Step(
         key="edit",
@@ -95,7 +91,6 @@ STEPS = (
              r"\Delta = R\,K_1^{\top}\left(C_0 + K_1 K_1^{\top}\right)^{-1}, \qquad "
              r"C_0 = \lambda\,\mathbb{E}_k\left[k k^{\top}\right]"),
         ),
-        action="Edit",
     ),
     Step(
         key="test",
@@ -112,6 +107,5 @@ STEPS = (
              r"\mathrm{ES} = \mathbb{E}_i\left[P_G[o_i \mid p(s_i, r_i)] > P_G[o^c_i \mid p(s_i, r_i)]\right]"),
             ("Score", r"S = \operatorname{HM}(\mathrm{ES}, \mathrm{PS}, \mathrm{NS})"),
         ),
-        action="Test",
     ),
 )

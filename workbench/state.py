@@ -76,6 +76,12 @@ class WorkbenchState:
     method: str = "memit"
     # results
     runs: list[RunRecord] = field(default_factory=list)
+    after_trace: Any = None               # trace of an edited fact after the edit
+    # evaluate page
+    comparison: Any = None                # core.scaling.Comparison
+    scaling: Any = None                   # DataFrame from core.scaling.run_scaling
+    # one-shot message shown after a rerun (e.g. "Batch 3 undone")
+    flash: str | None = None
     # learn page
     learn_step: int = 0
     learn: dict = field(default_factory=dict)

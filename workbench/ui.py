@@ -103,7 +103,8 @@ def require_handle(s: state.WorkbenchState | None = None):
             return loader.get_handle(current_key(s))
     except Exception as err:  # noqa: BLE001
         show_error(err, "Model")
-        st.page_link(page_path("model"), label="Choose another model on the Model page", icon=":material/memory:")
+        st.page_link(page_path("model"), label="Choose another model on the Model page",
+                     icon=":material/memory:")
         st.stop()
 
 
@@ -229,4 +230,5 @@ def model_export(handle, key: str) -> None:
         from core.patch import save_edited_model
 
         with guard("Save model"), st.spinner("Saving …"):
-            st.success(f"Saved to {escape_md(save_edited_model(handle, folder))}", icon=":material/check_circle:")
+            out = save_edited_model(handle, folder)
+            st.success(f"Saved to {escape_md(out)}", icon=":material/check_circle:")

@@ -1,0 +1,76 @@
+"""History: the edit ledger of this model — undo, revert, export and apply patches."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from core.patch import apply_patch
+from workbench import loader, results_flow, state, ui
+
+s = state.get()
+handle = ui.require_handle(s)
+ledger = loader.get_ledger()
+st.title("History")
+st.caption(f"Every applied batch is recorded in the workspace ({ledger.root}) with its ΔW, so the "
+           "history — and the model's state — survive a browser reload and an app restart.")
+st.markdown(f"**Edit state:** {ui.edit_state_text(handle)}")
+if s.flash:
+    st.success(s.flash, icon=":material/check_circle:")
+    s.flash = None
+
+table = results_flow.history_table(ledger, handle.base_hash)
+if table.empty:
+    ui.empty_state("No batches yet for this model. Run an edit on the Edit page, or apply a patch "
+                   "below.", "edit", "Go to Edit facts")
+else:
+    st.dataframe(table, hide_index=True, key="history_table",
+                 column_config={"post_S": st.column_config.NumberColumn("Score S after", format="%.1f")})
+    applied = table[table["status"] == "applied"]["id"].tolist()
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Undo the last batch**")
+        st.caption("Puts the weights back bit for bit.")
+        if st.button("Undo last batch", key="undo", disabled=not applied, type="primary"):
+            with ui.guard("Undo"):
+                report = ledger.undo(handle)
+                s.flash = (
+                    f"Batch {report.batch_id} undone ({'bit-exact' if report.exact else 'approximate'}).")
+                st.rerun()
+    with c2:
+        st.markdown("**Revert an earlier batch**")
+        st.caption("Subtracts its ΔW; the drift from an exact replay is reported.")
+        pick = st.selectbox("Batch", applied, key="revert_pick", disabled=not applied)
+        if st.button("Revert batch", key="revert", disabled=not applied):
+            with ui.guard("Revert"):
+                report = ledger.revert(int(pick), handle)
+                s.flash = (
+                    f"Batch {report.batch_id} reverted ({report.how}); largest weight drift "
+                    f"{report.max_drift:.2e}.")
+                st.rerun()
+    st.subheader("Export a patch")
+    chosen = st.multiselect("Batches", table["id"].tolist(), default=applied, key="export_pick",
+                            help="The ΔW of these batches and a manifest (base model hash, method, "
+                            "hyperparameters, requests) in one safetensors file.")
+    mode = st.radio("Mode", ["per_batch", "sum"], horizontal=True, key="export_mode",
+                    help="per_batch re-applies exactly as recorded; sum adds one ΔW per layer.")
+    if chosen:
+        st.download_button("Download patch", lambda: results_flow.patch_bytes(ledger, chosen, mode),
+                           file_name="session.patch.safetensors", key="dl_session_patch",
+                           on_click="ignore", icon=":material/download:")
+
+st.subheader("Apply a patch")
+up = st.file_uploader("Patch file (.safetensors)", type=["safetensors"], key="patch_upload",
+                      help="Made by the workbench for the same base model; refused otherwise.")
+force = st.checkbox("Apply even if it was made for other base weights", key="patch_force",
+                    help="Only if you know the models are compatible: a wrong patch corrupts the model.")
+if up is not None and st.button("Apply patch", key="apply_patch"):
+    with ui.guard("Apply patch"), tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.safetensors"
+        path.write_bytes(up.getvalue())
+        rep = apply_patch(handle, path, force=force, ledger=ledger)
+        s.flash = (
+            f"Applied {rep.n_batches} batch(es), {rep.n_edits} edit(s), layers {rep.layers}.")
+        st.rerun()

@@ -1,0 +1,180 @@
+"""The Edit page's plumbing: table rows ⇄ edit requests, example batches, and one edit run.
+
+No math here: a run calls core in order — metrics before, the editing method, apply + record in
+the ledger, metrics after, before/after generations — and packs the results into a `RunRecord`
+for the Results page. The whole run holds the model lock, so another browser session's trace or
+edit cannot slip in between "before" and "after".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pandas as pd
+
+from core.requests import EditRequest, RowProblem, requests_from_rows, validate_requests
+from workbench.state import DRAFT_COLUMNS, RunRecord
+
+LIST_COLUMNS = ("paraphrase_prompts", "neighborhood_prompts", "generation_prompts")
+METHOD_LABELS = {"memit": "MEMIT", "rome": "ROME (sequential)", "ft": "FT-W (fine-tuning)"}
+GENERATION_EDITS = 10   # before/after generations for at most this many edits of a batch
+
+
+# ---- rows ⇄ requests ------------------------------------------------------------------------
+
+def request_to_row(req: EditRequest, relation: str = "") -> dict:
+    row = {"subject": req.subject, "relation": relation, "prompt": req.prompt,
+           "target_new": req.target_new, "target_true": req.target_true or ""}
+    for k in LIST_COLUMNS:
+        row[k] = " | ".join(getattr(req, k))
+    return row
+
+
+def blank(row: dict) -> bool:
+    return not any(str(row.get(c) or "").strip() for c in DRAFT_COLUMNS)
+
+
+def check_rows(rows: list[dict], handle) -> tuple[list[EditRequest], list[RowProblem], list[str]]:
+    """Table rows → (requests, problems, warnings), every problem numbered as the table's row.
+
+    Blank rows (the data editor's fresh line) are ignored. With a handle, the tokenizer checks
+    run too (targets that tokenise to nothing, subjects not in the prompt, prompt too long).
+    """
+    kept = [(i + 1, r) for i, r in enumerate(rows) if not blank(r)]
+    clean = [{k: v for k, v in r.items() if str(v or "").strip()} for _, r in kept]
+    reqs, problems = requests_from_rows(clean)
+    renumber = {n + 1: table_row for n, (table_row, _) in enumerate(kept)}
+    problems = [RowProblem(renumber.get(p.row, p.row), p.field, p.message) for p in problems]
+    warnings: list[str] = []
+    if reqs and not problems:
+        report = validate_requests(reqs, handle.tokenizer, handle.max_length)
+        problems = [RowProblem(renumber.get(p.row, p.row), p.field, p.message) for p in report.problems]
+        warnings, reqs = report.warnings, report.requests
+    return (reqs if not problems else []), problems, warnings
+
+
+def example_rows(n: int, seed: int = 0) -> list[dict]:
+    """n counterfactual edits from the demo world (one per subject), with the CounterFact
+    paraphrase and neighbourhood prompts that the metrics need."""
+    from core.request_files import load_dataset_requests
+    from core.world import example_requests, world_dir
+
+    cases, _ = load_dataset_requests(world_dir() / "counterfact.json")
+    by_key = {(r.subject, r.prompt, r.target_new): r for r in cases}
+    rows = []
+    for ex in example_requests(n, seed=seed):
+        req = by_key.get((ex["subject"], ex["prompt"], ex["target_new"]))
+        row = request_to_row(req, ex["relation"]) if req else {**ex}
+        rows.append(row)
+    return rows
+
+
+# ---- one run --------------------------------------------------------------------------------
+
+def default_hparams(handle, method: str, layers: list[int] | None):
+    """MEMIT hyperparameters for this model with the layers chosen on the trace page. ROME and
+    FT-W take the same object: ROME edits the middle layer of R, FT-W trains the last one."""
+    from core.hparams import preset_for
+
+    return preset_for(handle, layers=layers)
+
+
+def run_edit(handle, requests: list[EditRequest], method: str, hparams, ledger, key: tuple,
+             progress=None) -> RunRecord:
+    """Metrics before → edit → apply + record → metrics after → generations. Atomic per core."""
+    from core.editing import METHODS
+    from core.genmetrics import before_after_generations
+    from core.metrics import counterfact_scores, summarize
+
+    t0 = time.perf_counter()
+    with handle.lock:
+        pre = counterfact_scores(handle, requests, progress=progress)
+        result = METHODS[method](handle, requests, hparams, progress=progress)
+        applied, record = ledger.apply_and_record(handle, result)
+        post = counterfact_scores(handle, requests, progress=progress)
+        if progress:
+            progress(0, 1, "generations")
+        shown = dataclasses.replace(applied, result=dataclasses.replace(
+            result, requests=list(result.requests)[:GENERATION_EDITS]))
+        gens = before_after_generations(handle, shown, modes=("greedy", "sampled"), n_neighbours=1)
+        if progress:
+            progress(1, 1, "generations")
+    summary = {f"pre_{k}": v for k, v in summarize(pre).items()}
+    summary.update({f"post_{k}": v for k, v in summarize(post).items()})
+    ledger.update_metrics(record.id, summary)
+    return RunRecord(method=method, requests=list(result.requests), result=result, applied=applied,
+                     metrics_pre=pre, metrics_post=post, generations=gens, batch_id=record.id,
+                     model_key=key, seconds=time.perf_counter() - t0)
+
+
+def generation_entropy(gens: pd.DataFrame, column: str) -> float:
+    """GE (Appendix C.2) of the sampled generations about the edited subjects."""
+    from core.genmetrics import generation_entropy as ge
+
+    texts = gens[(gens["mode"] == "sampled") & (gens["kind"] == "subject")][column].tolist()
+    return ge(texts) if texts else float("nan")
+
+
+def metrics_table(run: RunRecord) -> pd.DataFrame:
+    """Pre vs post summary (ES/PS/NS/S in percent, GE in bits): one row per metric."""
+    from core.metrics import summarize
+
+    pre, post = summarize(run.metrics_pre), summarize(run.metrics_post)
+    names = {"ES": "Efficacy success ES (%)", "PS": "Paraphrase success PS (%)",
+             "NS": "Neighbourhood success NS (%)", "S": "Score S (%)",
+             "new_top1": "New object is top-1 (%)"}
+    rows = [{"metric": label, "before": pre.get(k), "after": post.get(k)} for k, label in names.items()]
+    rows.append({"metric": f"Generation entropy GE (bits, {GENERATION_EDITS} edits at most)",
+                 "before": generation_entropy(run.generations, "before"),
+                 "after": generation_entropy(run.generations, "after")})
+    return pd.DataFrame(rows)
+
+
+def column_config() -> dict:
+    """The edit table's columns, with the science in the tooltips."""
+    import streamlit as st
+
+    text = st.column_config.TextColumn
+    return {
+        "subject": text("Subject", help="The entity the fact is about, exactly as it appears in the "
+                        "prompt (e.g. 'Clara Joan Whitlow'). MEMIT reads it at its last token."),
+        "relation": text("Relation", help="A relation name of the demo world (sport, occupation, "
+                         "birthplace, …) — used when no prompt template is given."),
+        "prompt": text("Prompt template", help="The fact as a sentence start with '{}' where the "
+                       "subject goes, e.g. '{} plays the sport of'."),
+        "target_new": text("New object", help="What the model should answer after the edit."),
+        "target_true": text("True object (optional)", help="What the model answers now; needed "
+                            "for the efficacy / paraphrase / neighbourhood scores."),
+        "paraphrase_prompts": text("Paraphrases", help="Optional: rephrased prompts with the subject "
+                                   "filled in, separated by '|' (generalisation test)."),
+        "neighborhood_prompts": text("Neighbours", help="Optional: prompts about *other* subjects "
+                                     "with the same true object, separated by '|' (specificity test)."),
+        "generation_prompts": text("Generation prompts", help="Optional: prompts for free text "
+                                   "generation about the subject, separated by '|'."),
+    }
+
+
+METHOD_NOTES = {
+    "memit": "MEMIT spreads the batch over every layer of R.",
+    "rome": "ROME edits one layer — the middle layer of R — one fact after another.",
+    "ft": "FT-W fine-tunes W_out of one layer — the last layer of R — with weight decay.",
+}
+
+
+def hparam_fields(method: str) -> list[tuple[str, str, str]]:
+    """Hyperparameters the page exposes for a method: (field, label, help)."""
+    if method == "ft":
+        return []
+    fields = [
+        ("mom2_weight", "λ (covariance weight)", "Eq. 15: C₀ = λ·E[kkᵀ]. Larger λ protects what the "
+         "layer already stores; smaller λ makes the new facts win harder."),
+        ("v_steps", "Steps for zᵢ", "Adam steps optimising each target vector zᵢ (Eq. 16)."),
+        ("v_lr", "Learning rate for zᵢ", "Adam learning rate of δᵢ = zᵢ − hᵢᴸ."),
+        ("clamp_norm_factor", "Clamp ‖δᵢ‖ / ‖hᵢᴸ‖", "Keeps each change small relative to the hidden state."),
+        ("kl_factor", "KL weight", "Keeps what the model says about the subject in general "
+         "('… is a') close to before."),
+        ("n_samples", "Corpus samples for C", "Text records used to estimate the key covariance "
+         "E[kkᵀ] (cached on disk after the first run)."),
+    ]
+    return [f for f in fields if not (method == "rome" and f[0] == "mom2_weight")]
