@@ -102,6 +102,9 @@ def register(sub) -> None:
                            help="CounterFact-format pool (default: the demo world's counterfact.json)")
         p.add_argument("--methods", default="memit,rome,ft", help="comma-separated (default memit,rome,ft)")
         p.add_argument("--layers", default=None, metavar="R", help="MEMIT layers R (ROME edits the middle one, FT the last)")
+        p.add_argument("--hparams", default=None, metavar="F",
+                       help="MEMIT hyperparameters JSON (this tool's format or the reference implementation's)")
+        p.add_argument("--lambda", dest="mom2_weight", type=float, default=None, metavar="X", help="MEMIT's λ")
         p.add_argument("--rome-layer", type=int, default=None, help="ROME's layer instead")
         p.add_argument("--ft-layer", type=int, default=None, help="FT-W's layer instead")
         p.add_argument("--ft-lr", type=float, default=None, help="FT-W learning rate (default 5e-4)")
@@ -224,14 +227,15 @@ def _setup(args):
     """(handle, base MEMIT hparams, {method: hparams}, methods, references, progress)."""
     from core.ft import ft_hparams
     from core.genmetrics import ReferenceCorpus
-    from core.hparams import is_demo, preset_for
+    from core.hparams import is_demo
     from core.rome import rome_hparams
     from core.scaling import check_methods
-    from workbench.cli.edit import TqdmProgress, parse_layers
+    from workbench.cli.edit import TqdmProgress, hparams_from_args
 
     methods = check_methods(args.methods.split(","))
     handle = common.load_from_args(args)
-    base = preset_for(handle, parse_layers(args.layers))
+    options = {k: None for k in ("v_steps", "clamp_norm_factor", "kl_factor", "corpus", "n_samples", "batch_size")}
+    base = hparams_from_args(handle, argparse.Namespace(**vars(args), method="memit", **options))
     per = {"rome": rome_hparams(handle, args.rome_layer, base)}
     ft = ft_hparams(handle, base)
     ft.layer = args.ft_layer if args.ft_layer is not None else ft.layer
