@@ -211,7 +211,7 @@ def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
     m, v = torch.zeros(n, d, device=dev), torch.zeros(n, d, device=dev)           # Adam moments
     t_adam = torch.zeros(n, device=dev)
     active = torch.ones(n, dtype=torch.bool, device=dev)
-    h0 = kl_init = None
+    h0 = kl_init = h_cache = None                                                  # h_cache (R, T, d)
     loss_f, nll_f, kl_f = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     steps = torch.zeros(n, dtype=torch.long)
     n_tokens = n_forwards = 0
@@ -231,21 +231,33 @@ def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
             pos = subj_all[sel] - cut
             d_rows = delta[row_edit[sel]]                                           # (B, d)
             batch = torch.arange(len(sel), device=dev)
-            with handle.model.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
-                out = handle.layer(layer).output                                     # (B, T, d)
-                h_at = out[batch, pos].detach().float().save()                      # (B, d)
-                new = out.clone()
-                new[batch, pos] = new[batch, pos] + d_rows.to(out.dtype)            # h += δ
-                handle.layer(layer).output = new
-                normed = final_norm(handle).output                                  # (B, T, d)
-                h_tok = normed[tr, tp].save()                                       # (N_tok, d)
-                h_kl = normed[kr, pos[kr]].save()                                   # (n_act, d)
-                tracer.stop()                                    # the head runs on these rows only
+            if h_cache is None:                          # step 0: full forward, keep hᴸ of all rows
+                with handle.model.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
+                    out = handle.layer(layer).output                                 # (B, T, d)
+                    h_full = out.detach().clone().save()
+                    new = out.clone()
+                    new[batch, pos] = new[batch, pos] + d_rows.to(out.dtype)        # h += δ
+                    handle.layer(layer).output = new
+                    normed = final_norm(handle).output                              # (B, T, d)
+                    h_tok = normed[tr, tp].save()                                   # (N_tok, d)
+                    h_kl = normed[kr, pos[kr]].save()                               # (n_act, d)
+                    tracer.stop()                                # the head runs on these rows only
+                h_cache = h_full
+            else:                                        # blocks ≤ L do not depend on δ: skip them
+                start = h_cache[sel][:, cut:].clone()                               # (B, T, d)
+                start[batch, pos] = start[batch, pos] + d_rows.to(start.dtype)
+                with handle.model.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
+                    for j in range(layer + 1):
+                        handle.layer(j).skip(start)
+                    normed = final_norm(handle).output
+                    h_tok = normed[tr, tp].save()
+                    h_kl = normed[kr, pos[kr]].save()
+                    tracer.stop()
             tok_lp = head(handle)(h_tok).float().log_softmax(-1).gather(
                 1, t_ids[tsel].unsqueeze(1)).squeeze(1)                             # (N_tok,)
             kl_lp = head(handle)(h_kl).float().log_softmax(-1)                      # (n_act, V)
             if h0 is None:                                                           # step 0: all active
-                h0 = h_at[remap[bare_row]]                                          # (n, d) hᴸ
+                h0 = h_cache[bare_row, subj_all[bare_row]].float()                  # (n, d) hᴸ
                 kl_init = kl_lp.detach()                                            # log p_0
             # loss per active edit (act order): NLL + KL + weight decay
             local = torch.full((n,), -1, device=dev, dtype=torch.long)
