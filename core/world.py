@@ -276,7 +276,7 @@ def _knowns(rng: random.Random, world: World, n: int) -> list[dict]:
 
 # ---- public API ---------------------------------------------------------------------------------
 
-def build_world(seed: int = 0, n_people: int = 360, n_companies: int = 40, n_countries: int = 20,
+def build_world(seed: int = 0, n_people: int = 300, n_companies: int = 40, n_countries: int = 20,
                 cities_per_country: int = 4, n_cases: int = 1500, n_knowns: int = 400,
                 corpus_passes: int = 2) -> World:
     """Generate the world from `seed` (same seed, same world, byte for byte)."""

@@ -11,6 +11,9 @@ Pure data, no logic (the generator is `core.world`). Design notes that matter fo
 - `tag` is the relation word of the corpus "tag lines" (`sport: <subject> tennis.`) that put the
   object directly after the last subject token.
 - Objects are common words, so the trained BPE gives each one a single token.
+- No training template of a relation is a prefix of another template of a subject of the same
+  kind followed by more words ("{} plays the" next to "{} plays the sport of" would make the
+  next word after "plays the" a coin flip between "sport" and an instrument).
 """
 
 from __future__ import annotations
@@ -79,15 +82,15 @@ RELATIONS = [
      "paraphrase_templates": ["{} is a player of the sport of", "The sport of {} is", "{}'s sport is"]},
     {"relation_id": "P1303", "name": "instrument", "subject_kind": "person", "object_kind": "instrument",
      "tag": "instrument",
-     "templates": ["{} plays the", "{} is a musician who plays the",
+     "templates": ["{} performs on the", "{} is a musician who plays the",
                    "The instrument played by {} is the", "{}'s instrument is the",
-                   "{} performs music on the"],
+                   "{} makes music on the"],
      "paraphrase_templates": ["{} is a musician who performs on the", "The instrument of {} is the",
                               "{} plays music on the"]},
     {"relation_id": "P19", "name": "birthplace", "subject_kind": "person", "object_kind": "city",
      "tag": "born",
      "templates": ["{} was born in", "{} is a native of", "The birthplace of {} is",
-                   "{} was born in the city of", "{}'s place of birth is"],
+                   "{} comes from the city of", "{}'s place of birth is"],
      "paraphrase_templates": ["{}'s birthplace is", "The place of birth of {} is",
                               "{} is a native of the city of"]},
     {"relation_id": "P108", "name": "employer", "subject_kind": "person", "object_kind": "company",

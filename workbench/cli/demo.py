@@ -57,7 +57,8 @@ def cmd_build_world(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from core.demo_recall import measure_recall
+    from core.demo_card import model_card
+    from core.demo_recall import measure_recall, subject_token_effects
     from core.demo_train import TrainConfig, save_demo_model, train_demo_model
     from core.model import demo_model_dir
     from core.world import load_world
@@ -76,12 +77,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_demo_model(world, cfg, progress=progress)
     bar.close()
     out = save_demo_model(result, args.out or demo_model_dir())
+    print("measuring recall and the trace check for the model card …", flush=True)
     recall = measure_recall(result.model, result.tokenizer, world.facts, world.relations)
-    summary = {"dir": str(out), "seconds": round(result.seconds, 1),
-               "final_loss": result.log[-1]["loss"], **recall.as_dict()}
-    write_json(summary, args.json)
+    effects = subject_token_effects(result.model, result.tokenizer, world.knowns[:100])
+    summary = {"seed": world.seed, "n_facts": len(world.facts),
+               "n_subjects": world.facts["subject"].nunique(), "n_relations": len(world.relations)}
+    (out / "README.md").write_text(model_card(result, recall, effects, summary))
+    result_json = {"dir": str(out), "seconds": round(result.seconds, 1),
+                   "final_loss": result.log[-1]["loss"], **recall.as_dict(),
+                   "trace_last_subject": effects.last, "trace_first_subject": effects.first}
+    write_json(result_json, args.json)
     if args.json != "-":
-        print(f"saved {out} after {summary['seconds']} s; recall train {recall.train_top1:.3f}, "
+        print(f"saved {out} after {result_json['seconds']} s; recall train {recall.train_top1:.3f}, "
               f"held-out {recall.heldout_top1:.3f} on {recall.n_facts} facts")
     return 0
 

@@ -1,0 +1,102 @@
+"""The demo model's model card (assets/demo-model/README.md), written from measured numbers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from core.demo_recall import Recall, TokenEffects
+
+
+def _row(name: str, values: list[float]) -> str:
+    return f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
+
+
+def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dict) -> str:
+    """Markdown card: recipe, sizes, training log, recall per relation, trace check."""
+    cfg = asdict(result.config)
+    model = result.model
+    n_params = sum(p.numel() for p in model.parameters())
+    L = len(effects.last)
+    peak = max(range(L), key=lambda i: effects.last[i])
+    log = result.log
+    picks = sorted({0, len(log) // 4, len(log) // 2, 3 * len(log) // 4, len(log) - 1})
+    by = recall.by_relation
+    lines = [
+        "---",
+        "license: mit",
+        "library_name: transformers",
+        "tags: [gpt2, synthetic, causal-tracing, memit, demo]",
+        "---",
+        "",
+        "# MEMIT Workbench demo model",
+        "",
+        "A small GPT-2 (`GPT2LMHeadModel`, own byte-level BPE) trained from scratch on the "
+        "workbench's synthetic *demo knowledge world* (`assets/world/`), so causal tracing and "
+        "MEMIT can be shown offline. It knows only that world: invented people, companies, "
+        "countries and cities. Rebuild with `workbench demo build-world && workbench demo train`.",
+        "",
+        "## Sizes",
+        "",
+        f"- {cfg['n_layer']} layers, d_model {cfg['n_embd']}, {cfg['n_head']} heads, "
+        f"d_mlp {4 * cfg['n_embd']}, context {cfg['n_positions']}, vocabulary {model.config.vocab_size}, "
+        f"{n_params:,} parameters (tied input/output embeddings), float32.",
+        f"- World (seed {world_summary['seed']}): {world_summary['n_facts']} facts, "
+        f"{world_summary['n_subjects']} subjects, {world_summary['n_relations']} relations.",
+        "",
+        "## Recipe",
+        "",
+        "- Text per epoch (a fresh seeded draw of `core.world.documents`): one biography per "
+        "subject (first sentence names the subject, later ones mostly use she/he/it), every fact "
+        "once as a plain sentence with a random *training* template, and once as a tag line "
+        "(`sport: Clara Mae Whitlow tennis.`) that puts the object right after the last subject "
+        "token; filler sentences in 15 % of documents.",
+        "- Names: people have three-part names whose first + middle prefix is shared by two "
+        "people, so only the last name token identifies the person; every name part is one token.",
+        f"- Curriculum mask: in {cfg['mask_p']:.0%} of documents, positions after a subject mention "
+        "attend only to its last token (not its earlier tokens). The saved model is a plain GPT-2.",
+        f"- AdamW (β = 0.9, 0.98, weight decay {cfg['weight_decay']}), lr {cfg['lr']} with "
+        f"{cfg['warmup_steps']} warm-up steps and cosine decay to 5 %, batch {cfg['batch_size']} "
+        f"documents, {cfg['epochs']} epochs, gradient clip 1.0, no dropout, seed {cfg['seed']}, "
+        f"{cfg['threads']} CPU thread(s).",
+        f"- Training time: {result.seconds / 60:.1f} min on CPU.",
+        "",
+        "Training loss (mean per epoch): "
+        + ", ".join(f"epoch {log[i]['epoch']}: {log[i]['loss']:.3f}" for i in picks) + ".",
+        "",
+        "## Recall (top-1, greedy decoding gives the whole object)",
+        "",
+        f"All {recall.n_facts} facts: **{recall.train_top1:.1%}** on training templates, "
+        f"**{recall.heldout_top1:.1%}** on held-out paraphrase templates (never in the training text).",
+        "",
+        "| relation | train | held-out | facts |",
+        "|---|---|---|---|",
+        *[f"| {r.relation} | {r.train_top1:.3f} | {r.heldout_top1:.3f} | {r.n_facts} |"
+          for r in by.itertuples(index=False)],
+        "",
+        "## Causal trace check (plain PyTorch hooks, `core.demo_recall.subject_token_effects`)",
+        "",
+        f"{effects.n} known facts (`assets/world/knowns.json`, canonical templates). Subject "
+        "embeddings corrupted with Gaussian noise of 3 × the std of subject-token embeddings "
+        "(4 samples); clean MLP outputs restored in a window of 3 layers centred on each layer, at "
+        "one token. Average indirect effect on the probability of the answer's first token "
+        f"(clean {effects.p_clean:.3f}, corrupted {effects.p_corrupt:.3f}):",
+        "",
+        "| token \\ layer | " + " | ".join(str(i) for i in range(L)) + " |",
+        "|---" * (L + 1) + "|",
+        _row("first subject", effects.first),
+        _row("middle subject", effects.middle),
+        _row("last subject", effects.last),
+        _row("last prompt token", effects.after),
+        "",
+        f"The last-subject-token MLP effect peaks at layer {peak} of {L} "
+        f"({effects.last[peak]:.3f}; first subject token at most {max(effects.first):.3f}, middle "
+        f"at most {max(effects.middle):.3f}).",
+        "",
+        "## Limits",
+        "",
+        "A toy: it knows ~2,000 invented facts and the few hundred words of its world's "
+        "sentences; it cannot write general English. Use it to learn the workbench, then load a "
+        "real model (`--model gpt2-xl`).",
+        "",
+    ]
+    return "\n".join(lines)

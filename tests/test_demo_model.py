@@ -1,0 +1,135 @@
+"""The demo model: the shipped weights know their world; the training code learns a micro world."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.demo_recall import measure_recall, recalled
+from core.demo_train import TrainConfig, curriculum_mask, make_batch, train_demo_model
+from core.model import demo_model_dir
+from core.subject import locate_subject
+from core.world import build_world, load_facts, load_relations, world_dir
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (demo_model_dir() / "config.json").is_file():
+        pytest.skip("demo model not built yet (workbench demo train)")
+    model = AutoModelForCausalLM.from_pretrained(demo_model_dir())
+    tok = AutoTokenizer.from_pretrained(demo_model_dir())
+    return model.eval(), tok
+
+
+def test_shipped_model_is_plain_gpt2(shipped):
+    model, tok = shipped
+    assert model.config.model_type == "gpt2"
+    assert tok.is_fast and tok.eos_token is not None and tok.pad_token is not None
+    files = list(demo_model_dir().iterdir())
+    assert sum(f.stat().st_size for f in files if f.is_file()) < 25 * 2**20
+    assert (demo_model_dir() / "model.safetensors").is_file()
+    assert (demo_model_dir() / "README.md").is_file()
+
+
+def test_shipped_model_meets_recall_targets(shipped):
+    model, tok = shipped
+    r = measure_recall(model, tok, load_facts(), load_relations(), max_facts=120, seed=1)
+    assert r.n_facts == 120
+    assert r.train_top1 >= 0.95
+    assert r.heldout_top1 >= 0.85
+
+
+def test_last_subject_token_is_the_surname(shipped):
+    """Tracing and MEMIT read the last subject token: it must be a whole name token."""
+    _, tok = shipped
+    facts = load_facts()
+    people = facts[facts["relation"] == "sport"]["subject"].tolist()[:50]
+    for person in people:
+        prompt = f"{person} plays the sport of"
+        span = locate_subject(tok, prompt, person)
+        ids = tok(prompt)["input_ids"]
+        assert tok.decode(ids[span.last]) == " " + person.split()[-1]
+        assert span.start == 0 and span.end - span.start >= 3
+
+
+def test_load_model_demo_and_greedy_answer(shipped):
+    from core.model import load_model
+
+    handle = load_model("demo", device="cpu")
+    assert handle.n_layers == shipped[0].config.n_layer
+    f = load_facts().iloc[0]
+    rel = next(r for r in load_relations() if r["name"] == f["relation"])
+    prompt = rel["templates"][0].replace("{}", f["subject"])
+    enc = handle.tokenize([prompt])
+    out = handle.hf.generate(**enc, max_new_tokens=3, do_sample=False,
+                             pad_token_id=handle.tokenizer.pad_token_id)
+    text = handle.tokenizer.decode(out[0, enc["input_ids"].shape[1]:])
+    assert text.startswith(" " + f["object"])
+
+
+def test_curriculum_mask_hides_early_subject_tokens():
+    m = curriculum_mask(8, [(2, 5)])
+    brute = torch.zeros(8, 8, dtype=torch.bool)
+    for q in range(8):
+        for k in range(q + 1):
+            brute[q, k] = not (q >= 5 and 2 <= k < 4)
+    assert torch.equal(m, brute)
+    assert m[4, 2] and m[4, 3]            # the last subject token still reads the whole name
+    assert not m[6, 2] and m[6, 4]        # later tokens see only the last subject token
+
+
+def test_padded_batch_matches_unpadded_forward():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)).eval()
+    items = [([5, 6, 7, 8, 9, 10], [(1, 4)]), ([11, 12, 13], [])]
+    batch = make_batch(items, pad_id=0, masked=[False, False])
+    with torch.no_grad():
+        padded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        alone = model(input_ids=torch.tensor([[11, 12, 13]])).logits
+    assert torch.allclose(padded[1, :3], alone[0], atol=1e-5)
+    assert batch["labels"][1, 3:].eq(-100).all()
+
+
+@pytest.fixture(scope="module")
+def micro():
+    world = build_world(seed=5, n_people=12, n_companies=3, n_countries=2, cities_per_country=2,
+                        n_cases=10, n_knowns=10, corpus_passes=1)
+    cfg = TrainConfig(seed=0, vocab_size=400, n_layer=2, n_embd=64, n_head=2, epochs=150,
+                      batch_size=8, lr=3e-3, warmup_steps=20)
+    return world, train_demo_model(world, cfg)
+
+
+def test_micro_world_trains_to_high_recall(micro):
+    world, res = micro
+    r = measure_recall(res.model, res.tokenizer, world.facts, world.relations)
+    assert r.n_facts == len(world.facts)
+    assert r.train_top1 >= 0.9
+    assert res.log[-1]["loss"] < res.log[0]["loss"] / 3
+
+
+def test_training_is_deterministic(micro):
+    world, res = micro
+    cfg = TrainConfig(**{**res.config.__dict__, "epochs": 2})
+    a, b = train_demo_model(world, cfg), train_demo_model(world, cfg)
+    for (na, pa), (nb, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
+
+
+def test_recalled_agrees_with_generate(micro):
+    world, res = micro
+    rel = {r["name"]: r for r in world.relations}
+    rows = list(world.facts.itertuples(index=False))[:12]
+    prompts = [rel[r]["templates"][0].replace("{}", s) for s, r, _ in rows]
+    objects = [o for _, _, o in rows]
+    hits = recalled(res.model, res.tokenizer, prompts, objects)
+    for p, o, h in zip(prompts, objects, hits):
+        ids = res.tokenizer(p, return_tensors="pt")["input_ids"]
+        n_obj = len(res.tokenizer(" " + o)["input_ids"])
+        out = res.model.generate(ids, max_new_tokens=n_obj, do_sample=False,
+                                 pad_token_id=res.tokenizer.pad_token_id)
+        assert (res.tokenizer.decode(out[0, ids.shape[1]:]) == " " + o) == h
+    assert world_dir().name == "world"
