@@ -13,7 +13,8 @@ a batch × all their prompts form ONE padded forward per step: rows never intera
 gradient is exactly its own; Adam is kept per edit (own step count), so an edit that stops early
 stops moving. `batch_size=1` runs the same code one edit at a time (the serial mode, for checks
 and benchmarks). Interventions go through nnsight; the forward stops after the final norm and
-the head is applied to the target and KL positions only.
+the head is applied to the target and KL positions only; after the first step blocks 0 … L are
+skipped (nothing there depends on δ) and block L's cached output + δ is fed to block L+1.
 """
 
 from __future__ import annotations

@@ -165,3 +165,29 @@ def test_chart_builders_draw_the_result(tmp_path):
     m = metrics_chart({"ES": 10.0, "PS": float("nan"), "NS": 100.0, "S": 0.0},
                       {"ES": 95.0, "PS": 80.0, "NS": 90.0, "S": 88.0})
     assert list(m.data[0].y) == [10.0, None, 100.0, 0.0] and list(m.data[1].x) == ["ES", "PS", "NS", "S"]
+
+
+def test_bench_memit_on_a_tiny_gptj_shape(tmp_path):
+    import argparse
+
+    from workbench.benchmarks import memit as bench
+
+    tok_dir = tmp_path / "tok"
+    make_tiny_handle("gpt2").tokenizer.save_pretrained(tok_dir)
+    cases = [{"case_id": i, "requested_rewrite": {"prompt": "{} plays the", "relation_id": "P1",
+                                                   "subject": s, "target_new": {"str": "chess"},
+                                                   "target_true": {"str": "golf"}}}
+             for i, s in enumerate(["Miles Davis", "Kara Selwyn", "Orla Venn"])]
+    (tmp_path / "cf.json").write_text(json.dumps(cases))
+    p = argparse.ArgumentParser()
+    common.add_model_args(p)
+    bench.add_args(p)
+    args = p.parse_args(["--gptj-shaped", "--shape-layers", "3", "--shape-d", "32", "--tokenizer", str(tok_dir),
+                         "--sizes", "1,3", "--steps", "3", "--cov-samples", "20", "--dataset", str(tmp_path / "cf.json"),
+                         "--device", "cpu"])
+    out = bench.run(args)
+    assert [r["n"] for r in out["z"]] == [1, 3] and out["layers"] == [0, 1]
+    for r in out["z"]:
+        assert r["ratio"] == pytest.approx(r["serial_s_per_edit"] / r["batched_s_per_edit"])
+        assert r["z_max_abs_diff"] < 1e-4 and r["serial_edits"] == r["n"]
+    assert set(out["update_s"]) == {"1", "3"} and out["cov_tokens_per_s"] > 0 and out["peak_rss_mb"] > 0
