@@ -323,3 +323,52 @@ def test_duplicates_are_dropped_with_a_warning(tiny_handle, corpus):
     result = execute_memit(tiny_handle, [REQUESTS[0], REQUESTS[1], REQUESTS[0]], small_hparams(corpus))
     assert len(result.requests) == 2
     assert any("row 3 repeats row 1" in n for n in result.notes)
+
+
+# ---- hyperparameters ----------------------------------------------------------------------------
+
+def test_hparams_presets_reference_json_and_validation(tmp_path):
+    from core.hparams import MemitHparams, from_reference_json, preset_for, scaled_layers
+
+    assert scaled_layers(28, range(3, 9), 28) == [3, 4, 5, 6, 7, 8]
+    assert scaled_layers(48, range(13, 18), 12) == [3, 4]
+    for family in ("gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2"):
+        h = make_tiny_handle(family)
+        hp = preset_for(h)
+        assert hp.layers and max(hp.layers) < h.n_layers
+        assert preset_for(h, layers=[2, 1]).layers == [1, 2]
+    ref = {"layers": [3, 4, 5, 6, 7, 8], "clamp_norm_factor": 0.75, "layer_selection": "all",
+           "fact_token": "subject_last", "v_num_grad_steps": 25, "v_lr": 0.5, "v_loss_layer": 27,
+           "v_weight_decay": 0.5, "kl_factor": 0.0625, "mom2_adjustment": True, "mom2_update_weight": 15000,
+           "rewrite_module_tmp": "transformer.h.{}.mlp.fc_out", "layer_module_tmp": "transformer.h.{}",
+           "mlp_module_tmp": "transformer.h.{}.mlp", "attn_module_tmp": "transformer.h.{}.attn",
+           "ln_f_module": "transformer.ln_f", "lm_head_module": "lm_head", "mom2_dataset": "wikipedia",
+           "mom2_n_samples": 100000, "mom2_dtype": "float32"}
+    (tmp_path / "gptj.json").write_text(__import__("json").dumps(ref))
+    hp = from_reference_json(tmp_path / "gptj.json")
+    assert (hp.layers, hp.mom2_weight, hp.v_steps, hp.v_lr, hp.clamp_norm_factor, hp.kl_factor,
+            hp.v_weight_decay, hp.n_samples, hp.corpus, hp.stats_dtype) == (
+        [3, 4, 5, 6, 7, 8], 15000, 25, 0.5, 0.75, 0.0625, 0.5, 100000, "wikitext", "float32")
+    assert MemitHparams.from_dict(hp.to_dict()) == hp
+    with pytest.raises(BadInputError, match="fact_token"):
+        from_reference_json(dict(ref, fact_token="last"))
+    with pytest.raises(BadInputError, match="unknown key"):
+        from_reference_json(dict(ref, v_magic=1))
+    with pytest.raises(BadInputError, match="v_steps"):
+        MemitHparams(layers=[1], v_steps=0)
+    with pytest.raises(BadInputError, match="stats_dtype"):
+        MemitHparams(layers=[1], stats_dtype="int8")
+    with pytest.raises(BadInputError, match="context_templates"):
+        MemitHparams(layers=[1], context_templates=["no placeholder"])
+    with pytest.raises(BadInputError, match="unknown hyperparameter"):
+        MemitHparams.from_dict({"layers": [1], "lambda": 3})
+
+
+def test_generated_context_templates_are_seeded(tiny_handle):
+    from core.targets import generate_context_templates
+
+    a = generate_context_templates(tiny_handle, 3, 6, seed=0)
+    assert a == generate_context_templates(tiny_handle, 3, 6, seed=0)
+    assert a[0] == "{}" and len(a) == 4 and all(t.endswith(". {}") and t.count("{}") == 1 for t in a[1:])
+    assert a[1].startswith("The") and a[2].startswith("Therefore")
+    assert a != generate_context_templates(tiny_handle, 3, 6, seed=1)
