@@ -36,6 +36,7 @@ class LayerSuggestion:
     window_scores: list[float]   # mean of `curve` over layers [s, s+size) for each start s
     source: str                  # what the curve is
     rule: str
+    note: str = ""               # set when the evidence does not support any range
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,10 +62,14 @@ def suggest_layers(curve, *, size: int | None = None, source: str = "MLP-severed
     cs = np.concatenate([[0.0], np.cumsum(c)])
     window = (cs[size:] - cs[:-size]) / size
     start = int(np.argmax(window))  # argmax returns the first maximum: ties → earliest window
+    note = ""
+    if window[start] <= 0:
+        note = ("no window has a positive mean: the trace shows no MLP mediation here, so this "
+                "range is not backed by evidence")
     return LayerSuggestion(
         layers=list(range(start, start + size)), size=size, start=start,
         curve=c.tolist(), window_scores=window.tolist(), source=source,
-        rule=RULE.format(size=size, what=source),
+        rule=RULE.format(size=size, what=source), note=note,
     )
 
 

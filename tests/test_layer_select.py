@@ -21,6 +21,12 @@ def test_window_with_largest_mean_is_chosen():
     assert "3 consecutive layers" in s.rule
 
 
+def test_no_positive_evidence_is_flagged():
+    assert suggest_layers([0.1, 0.3, 0.2], size=1).note == ""
+    s = suggest_layers([-0.01, 0.0, -0.02, -0.03], size=2)
+    assert s.layers == [0, 1] and "no MLP mediation" in s.note
+
+
 def test_ties_go_to_the_earliest_window():
     s = suggest_layers([1.0, 1.0, 0.0, 1.0, 1.0], size=2)
     assert s.layers == [0, 1]

@@ -153,6 +153,8 @@ def _print_trace(prep, results, severed, suggestion) -> None:
               f"{int(gap.argmax())} ({gap.max():+.4f})")
     if suggestion is not None:
         print(f"suggested layers R = {suggestion.layers}  ({suggestion.rule})")
+        if suggestion.note:
+            print(f"note: {suggestion.note}")
 
 
 def default_facts_path() -> Path:
@@ -198,3 +200,5 @@ def _print_average(avg) -> None:
             print(f"severed {name:<19} " + " ".join(f"{x:+7.3f}" for x in v))
     if avg.suggestion is not None:
         print(f"suggested layers R = {avg.suggestion.layers}  ({avg.suggestion.rule})")
+        if avg.suggestion.note:
+            print(f"note: {avg.suggestion.note}")
