@@ -41,7 +41,7 @@ with st.expander("Upload a CSV or JSON file (CounterFact records too)"):
             ui.show_error(err, f"Upload {up.name}")
             st.caption("Nothing was added and the model is unchanged. Fix the rows above and upload again.")
         else:
-            st.success(f"{len(uploaded)} edit(s) read from {up.name}.")
+            st.success(f"{len(uploaded)} edit(s) read from {ui.escape_md(up.name)}.")
             b1, b2 = st.columns(2)
             if b1.button("Replace the table", key="upload_replace"):
                 s.set_draft([edit_flow.request_to_row(r) for r in uploaded])
@@ -66,7 +66,7 @@ elif problems:
 else:
     st.success(f"{len(requests)} edit(s) ready.", icon=":material/check_circle:")
 for w in warnings:
-    st.warning(w, icon=":material/warning:")
+    st.warning(ui.escape_md(w), icon=":material/warning:")
 
 st.subheader("Method")
 methods = [m for m in edit_flow.METHOD_LABELS if m in METHODS]

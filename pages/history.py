@@ -14,7 +14,7 @@ s = state.get()
 handle = ui.require_handle(s)
 ledger = loader.get_ledger()
 st.title("History")
-st.caption(f"Every applied batch is recorded in the workspace ({ledger.root}) with its ΔW, so the "
+st.caption(f"Every applied batch is recorded in the workspace ({ui.escape_md(ledger.root)}) with its ΔW, so the "
            "history — and the model's state — survive a browser reload and an app restart.")
 st.markdown(f"**Edit state:** {ui.edit_state_text(handle)}")
 if s.flash:

@@ -52,7 +52,7 @@ if step.key == "ask":
             L["said"] = generate_texts(handle, [fact.prompt], max_new_tokens=6, with_prompt=False)[0]
     if "said" in L:
         st.markdown(f"**{ui.escape_md(fact.prompt)}** → {ui.escape_md(L['said'])}")
-        st.caption(f"The demo world says: {fact.answer}.")
+        st.caption(f"The demo world says: {ui.escape_md(fact.answer)}.")
 elif step.key in ("trace", "layers"):
     if st.button("Run the causal trace", type="primary", key="learn_trace"):
         with ui.guard("Trace"), ui.progress("Tracing") as cb:

@@ -40,11 +40,11 @@ if submitted:
     except Exception as err:  # noqa: BLE001
         ui.show_error(err, "Model")
         s.model_name, s.device, s.dtype, s.trust_remote_code = previous
-        st.caption(f"Still using '{s.model_name}'.")
+        st.caption(f"Still using '{ui.escape_md(s.model_name)}'.")
 
 handle = ui.require_handle(s)
 info = loader.loaded(ui.current_key(s))
-st.subheader(f"Model card · {s.model_name}")
+st.subheader(f"Model card · {ui.escape_md(s.model_name)}")
 facts = ui.model_facts(handle)
 cols = st.columns(4)
 for i, (label, value) in enumerate(list(facts.items())[:4]):
@@ -56,7 +56,7 @@ if info.replay and info.replay.batch_ids:
     st.caption(f"Replayed {len(info.replay.batch_ids)} batch(es) from the workspace history when "
                "the model was loaded.")
 if info.replay_error:
-    st.warning(f"The edit history could not be fully replayed: {info.replay_error}",
+    st.warning(f"The edit history could not be fully replayed: {ui.escape_md(info.replay_error)}",
                icon=":material/warning:")
 st.caption("MEMIT rewrites the output matrix of the MLP in a few middle layers "
            f"(`{handle.info()['mlp_out_path']}`). The Causal trace page shows which layers.")

@@ -24,8 +24,9 @@ examples = trace_flow.example_facts(4)
 if examples:
     st.caption("Examples from the demo world — one click fills the form:")
     for col, fact in zip(st.columns(len(examples)), examples):
-        col.button(fact.prompt, key=f"example_{fact.known_id}", on_click=use_example, args=(fact,),
-                   help=f"Subject: {fact.subject} · the model should answer {fact.answer}")
+        col.button(ui.escape_md(fact.prompt), key=f"example_{fact.known_id}", on_click=use_example, args=(fact,),
+                   help=f"Subject: {ui.escape_md(fact.subject)} · the model should answer "
+                   f"{ui.escape_md(fact.answer)}")
 
 st.session_state.setdefault("trace_prompt", s.trace_prompt)
 st.session_state.setdefault("trace_subject", s.trace_subject)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,13 @@ def open_page(name: str) -> AppTest:
     return at
 
 
+def unescape(md: str) -> str:
+    """Markdown as the user reads it (the app backslash-escapes user text)."""
+    return re.sub(r"\\(.)", r"\1", md)
+
+
 def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+    return [unescape(e.value) for e in at.error]
 
 
 def plotly_specs(at: AppTest) -> list[dict]:
@@ -298,12 +304,27 @@ def test_learn_tour_asks_and_traces_live(app_model):
     assert len([sp for sp in plotly_specs(at) if sp["data"][0]["type"] == "heatmap"]) == 2
 
 
-def test_two_sessions_at_once_get_their_own_results(app_model):
+def test_two_sessions_at_once_get_their_own_results(app_model, monkeypatch):
     """Two sessions trace different prompts concurrently on the one shared model: each gets
     exactly the result a lone session gets (the model lock; per-session state)."""
     import threading
 
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+
     from core.tracing import TraceSettings
+
+    # AppTest compiles the page scripts on every run (a fresh ScriptCache per run), and CPython
+    # 3.11 before 3.11.8 can raise "AST constructor recursion depth mismatch" when two threads
+    # compile at once (gh-106905). The server compiles each page once into a shared cache; here
+    # compiling is serialised so the test exercises the sessions, not that interpreter bug.
+    compile_lock = threading.Lock()
+    original = ScriptCache.get_bytecode
+
+    def get_bytecode(self, path):
+        with compile_lock:
+            return original(self, path)
+
+    monkeypatch.setattr(ScriptCache, "get_bytecode", get_bytecode)
     from workbench import trace_flow
 
     prompts = [("Mara Dean Jarvis works as a", "Mara Dean Jarvis"),

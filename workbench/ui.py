@@ -40,13 +40,13 @@ def show_error(err: BaseException, what: str = "") -> None:
     """A readable error box: the message for WorkbenchError, type + message for anything else."""
     prefix = f"{what}: " if what else ""
     if isinstance(err, WorkbenchError):
-        st.error(f"{prefix}{err}", icon=":material/error:")
+        st.error(escape_md(f"{prefix}{err}"), icon=":material/error:")
         problems = getattr(err, "problems", None)
         if problems:
             st.dataframe(problems_frame(problems), hide_index=True)
     else:
         LOG.exception("unexpected error %s", what)
-        st.error(f"{prefix}unexpected {type(err).__name__}: {err}. The server log has the details.",
+        st.error(escape_md(f"{prefix}unexpected {type(err).__name__}: {err}. The server log has the details."),
                  icon=":material/report:")
 
 
@@ -181,7 +181,7 @@ def sidebar_card(s: state.WorkbenchState) -> None:
         with st.spinner("Loading model …"):
             handle = loader.get_handle(current_key(s))
     except Exception:  # noqa: BLE001 (the Model page shows the full error)
-        st.warning(f"'{s.model_name}' is not loaded", icon=":material/error:")
+        st.warning(f"'{escape_md(s.model_name)}' is not loaded", icon=":material/error:")
         return
     info = handle.info()
     st.markdown(f"**{escape_md(s.model_name)}** · {escape_md(info['family'])}")
