@@ -216,6 +216,12 @@ def test_edit_three_rows_then_metrics_and_delta_norm_chart_then_undo(app_model):
     assert run is not None and len(run.requests) == 3
     changed = [i for i in before if not torch.equal(before[i], handle.mlp_out_weight(i))]
     assert changed == sorted(run.result.layers)
+    # a browser reload is a new session: the table draft and the history are still there
+    reloaded = open_page("history")
+    assert [r["subject"] for r in reloaded.session_state[STATE_KEY].draft_rows] == \
+        [r["subject"] for r in THREE_ROWS]
+    history = [d.value for d in reloaded.dataframe if "status" in d.value.columns][0]
+    assert history["id"].tolist()[0] == run.batch_id and history["status"].tolist()[0] == "applied"
     # the Results page shows the metrics table and the ΔW norm chart of this run
     assert at.metric or at.dataframe
     metric_tables = [d.value for d in at.dataframe if "metric" in d.value.columns]
@@ -232,6 +238,30 @@ def test_edit_three_rows_then_metrics_and_delta_norm_chart_then_undo(app_model):
     assert same_weights(before, weights(handle))
     at.switch_page("../pages/model.py").run()
     assert any("clean" in m.value for m in at.markdown if "Edit state" in m.value)
+
+
+def test_model_page_hub_id_offline_is_a_clear_message(app_model):
+    at = new_app().run()
+    at.text_input[0].set_value("some-org/not-on-this-machine")
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    msgs = errors(at)
+    assert len(msgs) == 1 and "could not be fetched from the HuggingFace hub" in msgs[0], msgs
+    assert at.session_state[STATE_KEY].model_name == app_model
+
+
+def test_upload_counterfact_records_fill_the_table(app_model):
+    from core.world import world_dir
+
+    records = json.loads((world_dir() / "counterfact.json").read_text())[:4]
+    at = open_page("edit")
+    at.get("file_uploader")[0].set_value(("cf.json", json.dumps(records).encode(), "application/json")).run()
+    assert not errors(at), errors(at)
+    at.button(key="upload_replace").click().run()
+    rows = at.session_state[STATE_KEY].draft_rows
+    assert [r["subject"] for r in rows] == [c["requested_rewrite"]["subject"] for c in records]
+    assert all(r["neighborhood_prompts"] for r in rows)               # kept for the NS metric
+    assert any("4 edit(s) ready" in x.value for x in at.success)
 
 
 def test_upload_csv_with_bad_rows_lists_errors_and_leaves_weights(app_model):
