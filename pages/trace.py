@@ -102,6 +102,8 @@ suggestion = (s.trace_avg.suggestion if s.trace_avg is not None and s.trace_avg.
 if suggestion is not None:
     st.subheader(f"Suggested edit range R = {suggestion.layers}")
     st.caption(suggestion.rule)
+    if suggestion.note:
+        st.warning(ui.escape_md(suggestion.note), icon=":material/warning:")
     st.dataframe(trace_flow.evidence_table(suggestion), hide_index=True)
     if st.button("Use these layers for editing", type="primary", key="use_layers"):
         s.edit_layers = list(suggestion.layers)
