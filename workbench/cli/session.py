@@ -142,8 +142,8 @@ def cmd_list(args) -> int:
     ledger = open_ledger(args)
     batches = ledger.batches()
     write_json({"workspace": str(ledger.root), "batches": [
-        {**b.summary(), "layer_hashes": None, "requests": b.requests, "hparams": b.hparams,
-         "timings": b.timings, "revert_info": b.revert_info} for b in batches]}, args.json)
+        {**b.summary(), "base_hash": b.base_hash, "requests": b.requests, "hparams": b.hparams,
+         "metrics": b.metrics, "timings": b.timings, "revert_info": b.revert_info} for b in batches]}, args.json)
     if args.json != "-":
         print(f"workspace {ledger.root}: {len(batches)} batch(es)")
         if batches:
