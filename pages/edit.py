@@ -50,7 +50,9 @@ with st.expander("Upload a CSV or JSON file (CounterFact records too)"):
                 s.set_draft(s.draft_rows + [edit_flow.request_to_row(r) for r in uploaded])
                 st.rerun()
 
-table = st.data_editor(pd.DataFrame(s.draft_base, columns=DRAFT_COLUMNS, dtype=str),
+base = pd.DataFrame(s.draft_base, columns=DRAFT_COLUMNS, dtype=str)
+base.index = range(1, len(base) + 1)                     # row numbers as the problems list them
+table = st.data_editor(base,
                        key=s.editor_key, num_rows="dynamic", width="stretch", hide_index=False,
                        column_config=edit_flow.column_config())
 s.update_draft(table.fillna("").to_dict("records"))

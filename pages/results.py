@@ -34,7 +34,8 @@ for col, (_, row) in zip(cols, table.head(4).iterrows()):
                delta=f"{row['after'] - row['before']:+.1f}", help="Percent of edits (CounterFact "
                "criteria, Appendix C): the new object beats the true one (ES, PS); the true one "
                "still wins for other subjects (NS); S is their harmonic mean.")
-st.dataframe(table, hide_index=True, key="metrics_table")
+st.dataframe(table, hide_index=True, key="metrics_table",
+             column_config={c: st.column_config.NumberColumn(c, format="%.1f") for c in ("before", "after")})
 with st.expander(f"Per-edit rows ({len(run.requests)})"):
     st.dataframe(results_flow.per_edit_table(run), hide_index=True, key="per_edit_table")
 

@@ -82,9 +82,10 @@ else:
     st.plotly_chart(sev_fig, key="severed")
 
 st.subheader("Average over many facts")
-n = st.number_input("Facts", min_value=1, max_value=400, value=20, key="avg_n",
+a1, a2 = st.columns([1, 3], vertical_alignment="bottom")
+n = a1.number_input("Facts", min_value=1, max_value=400, value=20, key="avg_n",
                     help="Demo-world facts the model gets right; the averages follow Figure 8.")
-if st.button("Run averaged trace", key="run_avg"):
+if a2.button("Run averaged trace", key="run_avg"):
     with ui.guard("Averaged trace"), ui.progress("Averaging") as cb:
         s.trace_avg = trace_flow.run_average(handle, int(n), settings, progress=cb)
 if s.trace_avg is not None:
