@@ -387,3 +387,18 @@ def test_two_sessions_at_once_get_their_own_results(app_model, monkeypatch):
         for kind in ref.grids:
             np.testing.assert_allclose(got.grids[kind].scores, ref.grids[kind].scores, rtol=0, atol=1e-6)
         np.testing.assert_allclose(got.severed.mlp_severed, ref.severed.mlp_severed, rtol=0, atol=1e-6)
+
+
+# ---- safe text ------------------------------------------------------------------------------------
+
+def test_user_text_is_inert_markdown_and_changed_words_are_marked():
+    from workbench.ui import diff_markdown, escape_md, word_diff
+
+    evil = "<script>x</script> **b** [l](javascript:alert(1)) :red[r] $x$ `c`"
+    md = escape_md(evil)
+    assert unescape(md) == evil                                       # reads as typed
+    assert not re.search(r"(?<!\\)[<>*\[\]()`$:]", md)               # every markup char escaped
+    assert word_diff("plays the piano well", "plays the violin well") == [
+        ("plays", False), ("the", False), ("violin", True), ("well", False)]
+    out = diff_markdown("plays the piano", "plays the <b>violin</b>")
+    assert out == r"plays the :orange-background[\<b\>violin\</b\>]"
