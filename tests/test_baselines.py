@@ -138,8 +138,10 @@ def test_ft_changes_only_its_layer_and_lowers_target_nll(tiny_handle, hp):
     changed = {k for k, v in all_params(h).items() if not torch.equal(v, start[k])}
     assert changed == {"transformer.h.2.mlp.c_proj.weight"}
     nll1, _ = target_scores(h, [(r.filled, r.target_new) for r in REQS])
-    assert (nll1 < nll0 - 0.5).all()
-    assert result.per_edit["nll"].max() < result.per_edit["nll_before"].min()
+    assert (nll1 < nll0 - 0.3).all()
+    # FT's own loss is the same per-token mean NLL, computed independently by core.metrics
+    assert list(result.per_edit["nll_before"]) == pytest.approx(list(nll0), abs=1e-5)
+    assert list(result.per_edit["nll"]) == pytest.approx(list(nll1), abs=1e-5)
     revert(h, applied)
     assert all(torch.equal(v, start[k]) for k, v in all_params(h).items())
 
