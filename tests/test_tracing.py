@@ -267,3 +267,18 @@ def test_run_counter_sees_valid_runs(tiny_handle, monkeypatch):
     monkeypatch.setattr(tiny_handle.model, "trace", lambda *a, **k: calls.append(1) or original(*a, **k))
     trace(tiny_handle, PROMPT, SUBJECT, settings=TraceSettings(samples=1, window=1))
     assert len(calls) >= 3   # clean run, corrupted baseline, at least one grid chunk
+
+
+def test_skip_depth():
+    """Blocks below the first patched layer are shared with the corrupted run; a block whose
+    only patch is its output can be skipped too (the patch is written into the copy)."""
+    from core.tracing_batch import Patch, skip_depth
+
+    def p(layer, comp):
+        z = torch.zeros(1, dtype=torch.long)
+        return Patch(layer, comp, z, z, torch.zeros(1, 4))
+
+    assert skip_depth([]) == -1
+    assert skip_depth([p(3, "hidden"), p(5, "mlp")]) == 3
+    assert skip_depth([p(3, "hidden"), p(3, "mlp")]) == 2
+    assert skip_depth([p(0, "attn")]) == -1

@@ -138,7 +138,7 @@ def severed_chart(severed, *, suggestion=None, title: str | None = None) -> go.F
                              hovertemplate="layer %{x}<br>gap = %{y:+.5f}<extra></extra>"))
     if suggestion is not None and suggestion.layers:
         fig.add_vrect(x0=suggestion.layers[0] - 0.5, x1=suggestion.layers[-1] + 0.5,
-                      fillcolor="gold", opacity=0.18, line_width=0,
+                      fillcolor="gold", opacity=0.18, line_width=0, layer="below",
                       annotation_text=f"suggested R = {suggestion.layers[0]}…{suggestion.layers[-1]}",
                       annotation_position="top left")
     fig.update_layout(
@@ -209,7 +209,7 @@ def average_figure(avg) -> go.Figure:
         fig.update_yaxes(title_text="indirect effect", exponentformat="e", row=2, col=1)
         if avg.suggestion is not None:
             s = avg.suggestion.layers
-            fig.add_vrect(x0=s[0] - 0.5, x1=s[-1] + 0.5, fillcolor="gold", opacity=0.18, line_width=0,
+            fig.add_vrect(x0=s[0] - 0.5, x1=s[-1] + 0.5, fillcolor="gold", opacity=0.18, line_width=0, layer="below",
                           row=2, col=1)
     r = f"; suggested R = {avg.suggestion.layers}" if avg.suggestion is not None else ""
     fig.update_layout(
