@@ -20,9 +20,13 @@ labels = {i: f"Batch {r.batch_id} · {edit_flow.METHOD_LABELS[r.method]} · {len
           for i, r in enumerate(s.runs)}
 pick = st.selectbox("Run of this session", list(labels)[::-1], format_func=labels.get, key="result_run")
 run = s.runs[pick]
-status = loader.get_ledger().get(run.batch_id).status
+status = results_flow.batch_status(loader.get_ledger(), run.batch_id)
+same_model = run.model_key == ui.current_key(s)
 st.caption(f"Layers {run.result.layers} · {run.seconds:.1f} s · ledger batch {run.batch_id} ({status})")
-if status != "applied":
+if not same_model:
+    st.warning("This run was made on another model than the one loaded now; the numbers below "
+               "show what it did there.", icon=":material/swap_horiz:")
+elif status != "applied":
     st.warning("This batch is no longer applied to the model (undone on the History page); the "
                "numbers below show what it did.", icon=":material/undo:")
 
@@ -61,13 +65,13 @@ st.subheader("Where does the new fact live?")
 subjects = [r.subject for r in run.requests]
 idx = st.selectbox("Edited fact", range(len(subjects)), format_func=lambda i: subjects[i],
                    key="after_trace_pick")
-if st.button("Trace it after the edit", key="after_trace", disabled=status != "applied",
+if st.button("Trace it after the edit", key="after_trace", disabled=status != "applied" or not same_model,
              help="Causal trace of the edited prompt with the new object as the answer."):
     req = run.requests[idx]
     with ui.guard("Trace after edit"), ui.progress("Tracing") as cb:
-        s.after_trace = trace_flow.run_full_trace(
+        run.after_trace = trace_flow.run_full_trace(
             handle, req.filled, req.subject, req.target_new, trace_flow.TraceSettings(), progress=cb)
-after = s.after_trace
+after = run.after_trace
 if after is not None:
     st.plotly_chart(trace_charts.trace_heatmap(ui.plot_safe_result(after.grids["mlp"]),
                                                title="MLP restoration, after the edit"),
@@ -84,8 +88,8 @@ with d2:
     ui.png_download(norm_fig, f"batch-{run.batch_id}-delta-norms.png", key="dl_png",
                     label="ΔW chart PNG")
 d3.download_button("Patch (safetensors)",
-                   lambda: results_flow.patch_bytes(loader.get_ledger(), [run.batch_id]),
-                   file_name=f"batch-{run.batch_id}.patch.safetensors", key="dl_patch",
+                   data=lambda: results_flow.patch_bytes(loader.get_ledger(), [run.batch_id]),
+                   disabled=status == "deleted", file_name=f"batch-{run.batch_id}.patch.safetensors", key="dl_patch",
                    on_click="ignore", icon=":material/healing:",
                    help="ΔW of this batch + manifest; apply it on the History page or with "
                    "`workbench session apply`.")

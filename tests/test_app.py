@@ -231,6 +231,19 @@ def test_edit_three_rows_then_metrics_and_delta_norm_chart_then_undo(app_model):
     assert norm_charts
     xs = sorted({int(x) for tr in norm_charts[0]["data"] for x in array(tr["x"]).tolist()})
     assert xs == sorted(run.result.layers)
+    # the downloads: a patch of this batch, and the edited model as a zip
+    import io
+    import zipfile
+
+    from core.patch import read_patch
+    from workbench import loader, results_flow
+
+    patch_file = Path(os.environ["WORKBENCH_HOME"]) / "test-download.patch.safetensors"
+    patch_file.write_bytes(results_flow.patch_bytes(loader.get_ledger(), [run.batch_id]))
+    manifest = read_patch(patch_file).manifest
+    assert manifest["n_edits"] == 3 and manifest["base_hash"] == handle.base_hash
+    names = zipfile.ZipFile(io.BytesIO(results_flow.model_zip_bytes(handle))).namelist()
+    assert {"edited-model/config.json", "edited-model/model.safetensors"} <= set(names)
     # undo on the History page → clean state, weights bit-exact
     at.switch_page("../pages/history.py").run()
     at.button(key="undo").click().run()

@@ -17,6 +17,16 @@ from workbench.state import RunRecord
 MODEL_ZIP_LIMIT = 2 * 2**30   # above this the edited model is saved to a folder, not zipped
 
 
+def batch_status(ledger, batch_id: int) -> str:
+    """'applied' / 'reverted' / 'broken', or 'deleted' when the batch left the ledger."""
+    from core.errors import WorkbenchError
+
+    try:
+        return ledger.get(batch_id).status
+    except WorkbenchError:
+        return "deleted"
+
+
 def per_edit_table(run: RunRecord) -> pd.DataFrame:
     """One row per edit: subject, objects, ES/PS/NS before → after, and the method's own numbers."""
     cols = ["ES", "PS", "NS"]

@@ -48,6 +48,7 @@ class RunRecord:
     batch_id: Any = None                  # ledger id once recorded
     model_key: tuple = ()                 # loader key of the model the edit was applied to
     seconds: float = 0.0                  # wall time of the whole run
+    after_trace: Any = None               # trace of one of its facts after the edit
 
 
 @dataclass
@@ -76,7 +77,6 @@ class WorkbenchState:
     method: str = "memit"
     # results
     runs: list[RunRecord] = field(default_factory=list)
-    after_trace: Any = None               # trace of an edited fact after the edit
     # evaluate page
     comparison: Any = None                # core.scaling.Comparison
     scaling: Any = None                   # DataFrame from core.scaling.run_scaling
