@@ -244,10 +244,21 @@ def test_edit_three_rows_then_metrics_and_delta_norm_chart_then_undo(app_model):
     assert manifest["n_edits"] == 3 and manifest["base_hash"] == handle.base_hash
     names = zipfile.ZipFile(io.BytesIO(results_flow.model_zip_bytes(handle))).namelist()
     assert {"edited-model/config.json", "edited-model/model.safetensors"} <= set(names)
+    edited = weights(handle)
     # undo on the History page → clean state, weights bit-exact
     at.switch_page("../pages/history.py").run()
     at.button(key="undo").click().run()
     assert not at.exception, at.exception
+    assert same_weights(before, weights(handle))
+    assert any("undone (bit-exact)" in x.value for x in at.success)
+    # apply the exported patch on the History page → the edited weights again, as a new batch
+    at.get("file_uploader")[0].set_value(("p.safetensors", patch_file.read_bytes(),
+                                          "application/octet-stream")).run()
+    at.button(key="apply_patch").click().run()
+    assert not at.exception, at.exception
+    assert not errors(at), errors(at)
+    assert same_weights(edited, weights(handle))
+    at.button(key="undo").click().run()
     assert same_weights(before, weights(handle))
     at.switch_page("../pages/model.py").run()
     assert any("clean" in m.value for m in at.markdown if "Edit state" in m.value)
