@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "workbench.cli.edit",
     "workbench.cli.trace",
     "workbench.cli.session",
+    "workbench.cli.bench",
 ]
 
 

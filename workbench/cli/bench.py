@@ -15,11 +15,12 @@ from workbench.cli.common import add_json_arg, add_model_args, write_json
 BENCHMARKS = {
     "trace": "batched causal-tracing grid vs one forward per (token, layer) cell",
     "memit": "batched vs serial MEMIT targets z, update time, covariance throughput, memory",
+    "app": "app responsiveness after the model is loaded: page switch and trace latency",
 }
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (JSON out): trace, memit",
+    p = sub.add_parser("bench", help="benchmarks (JSON out): trace, memit, app",
                        description="Benchmarks that time alternatives in one run and report ratios.")
     bsub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for name, text in BENCHMARKS.items():
