@@ -86,6 +86,8 @@ elif step.key == "edit":
     if "run" in L:
         st.success(f"Edited layers {L['run'].result.layers} (batch {L['run'].batch_id}). "
                    "Go to step 5 to test it.", icon=":material/check_circle:")
+        if edit_flow.size_warning(L["run"].result):
+            st.warning(edit_flow.size_warning(L["run"].result), icon=":material/warning:")
 elif step.key == "test":
     run = L.get("run")
     if run is None:

@@ -48,6 +48,8 @@ st.caption("‖ΔW‖ of each edited MLP output matrix, absolute and relative to
            "the change over R; ROME and FT-W put it all in one layer.")
 norm_fig = results_flow.delta_norm_figure(run.result)
 st.plotly_chart(norm_fig, key="delta_norms")
+if edit_flow.size_warning(run.result):
+    st.warning(edit_flow.size_warning(run.result), icon=":material/warning:")
 if "delta_norm" in run.result.per_edit:
     st.plotly_chart(results_flow.per_edit_figure(run.result), key="per_edit_chart")
 

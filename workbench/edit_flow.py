@@ -108,6 +108,16 @@ def run_edit(handle, requests: list[EditRequest], method: str, hparams, ledger, 
                      model_key=key, seconds=time.perf_counter() - t0)
 
 
+def size_warning(result, limit: float = 1.0) -> str | None:
+    """A warning when some layer changed by more than `limit` × its own norm (‖ΔW‖/‖W‖)."""
+    worst = max(result.relative_norms.values(), default=0.0)
+    if worst <= limit:
+        return None
+    return (f"One layer changed by {100 * worst:.0f} % of its own norm: an edit this large usually "
+            "damages other knowledge. Try other layers R (the Causal trace page suggests them) "
+            "or a larger λ.")
+
+
 def generation_entropy(gens: pd.DataFrame, column: str) -> float:
     """GE (Appendix C.2) of the sampled generations about the edited subjects."""
     from core.genmetrics import generation_entropy as ge
