@@ -66,9 +66,12 @@ else:
               help="The token whose probability is traced.")
     m2.metric("Clean P(answer)", f"{first.clean_prob:.3f}", help="With the subject intact.")
     m3.metric("Corrupted P(answer)", f"{first.corrupted_prob:.3f}", help="With the subject blurred.")
-    tabs = st.tabs([trace_flow.KIND_LABELS[k] for k in full.grids])
+    # Lazy tabs: all three grids are computed together, only the open one is drawn.
+    tabs = st.tabs([trace_flow.KIND_LABELS[k] for k in full.grids], key="trace_tab", on_change="rerun")
     for tab, (kind, result) in zip(tabs, full.grids.items()):
         with tab:
+            if not tab.open:
+                continue
             st.caption(trace_flow.KIND_HELP[kind])
             fig = charts.trace_heatmap(ui.plot_safe_result(result), title=f"Restoring {kind}")
             st.plotly_chart(fig, key=f"heatmap_{kind}")

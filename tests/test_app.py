@@ -149,15 +149,20 @@ def test_trace_page_empty_state_then_heatmaps_with_the_right_shape(app_model):
     assert not errors(at)
     handle = handle_of(app_model)
     n_tokens = len(handle.tokenizer(prompt)["input_ids"])
-    specs = plotly_specs(at)
-    heatmaps = [sp for sp in specs if sp["data"][0]["type"] == "heatmap"]
-    assert len(heatmaps) == 3                                          # hidden, MLP, attention
-    for sp in heatmaps:
-        assert array(sp["data"][0]["z"]).shape == (n_tokens, handle.n_layers)
-    bars = [sp for sp in specs if sp["data"][0]["type"] == "bar"]
-    assert len(bars) == 1 and len(array(bars[0]["data"][0]["y"])) == handle.n_layers
     full = at.session_state[STATE_KEY].trace
-    assert array(heatmaps[0]["data"][0]["z"]) == pytest.approx(full.grids["hidden"].scores)
+    from workbench.trace_flow import KIND_LABELS
+
+    for kind, label in KIND_LABELS.items():                           # one tab drawn at a time
+        at.session_state["trace_tab"] = label
+        at.run()
+        specs = plotly_specs(at)
+        heatmaps = [sp for sp in specs if sp["data"][0]["type"] == "heatmap"]
+        assert len(heatmaps) == 1
+        z = array(heatmaps[0]["data"][0]["z"])
+        assert z.shape == (n_tokens, handle.n_layers)
+        assert z == pytest.approx(full.grids[kind].scores)
+        bars = [sp for sp in specs if sp["data"][0]["type"] == "bar"]
+        assert len(bars) == 1 and len(array(bars[0]["data"][0]["y"])) == handle.n_layers
     at.button(key="use_layers").click().run()
     assert at.session_state[STATE_KEY].edit_layers == full.suggestion.layers
 

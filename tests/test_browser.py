@@ -150,7 +150,9 @@ def test_trace_edit_results_in_a_real_browser(server, page):
     wait_idle(page)
     TIMINGS["trace (click to finished page)"] = round(time.perf_counter() - t, 3)
     page.get_by_test_id("stPlotlyChart").last.wait_for()       # the severed chart
-    assert page.get_by_test_id("stPlotlyChart").count() == 4     # + 3 heatmaps, one tab shown
+    assert page.get_by_test_id("stPlotlyChart").count() == 2     # + the open tab's heatmap
+    page.get_by_role("tab", name="MLP outputs").click()
+    page.get_by_text("Restore the MLP outputs m").wait_for()
     assert page.get_by_text("Suggested edit range R").first.is_visible()
     page.get_by_role("button", name="Use these layers for editing").click()
     page.get_by_text("The Edit page will use R").wait_for()
