@@ -27,7 +27,12 @@ ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
-pytestmark = pytest.mark.browser
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"{CHROMIUM} is missing: install Debian's chromium (scripts/ensure-chromium.sh)"),
+]
 
 
 def free_port() -> int:
@@ -89,9 +94,6 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (scripts/ensure-chromium.sh)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -129,8 +131,7 @@ def nav(pg, title: str) -> None:
 
 
 def test_trace_edit_results_in_a_real_browser(server, page):
-    from playwright.sync_api import expect
-
+    expect = sync_api.expect
     page.goto(server + "/")
     page.get_by_test_id("stMetric").first.wait_for()
     wait_idle(page)
