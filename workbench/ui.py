@@ -46,8 +46,8 @@ def show_error(err: BaseException, what: str = "") -> None:
             st.dataframe(problems_frame(problems), hide_index=True)
     else:
         LOG.exception("unexpected error %s", what)
-        st.error(escape_md(f"{prefix}unexpected {type(err).__name__}: {err}. The server log has the details."),
-                 icon=":material/report:")
+        text = f"{prefix}unexpected {type(err).__name__}: {err}. The server log has the details."
+        st.error(escape_md(text), icon=":material/report:")
 
 
 @contextlib.contextmanager
@@ -149,11 +149,15 @@ def csv_bytes(df) -> bytes:
 
 
 def png_download(fig, file_name: str, key: str, label: str = "Chart as PNG") -> None:
-    """A download button that renders the plotly figure to PNG only when clicked."""
-    from workbench.charts.export import figure_to_png
+    """A download button that renders the plotly figure to PNG only when clicked (disabled, with
+    the reason, when there is no Chrome/Chromium for kaleido to render with)."""
+    from workbench.charts.export import figure_to_png, find_browser
 
+    ok = find_browser() is not None
     st.download_button(label, data=lambda: figure_to_png(fig), file_name=file_name,
-                       mime="image/png", key=key, on_click="ignore", icon=":material/image:")
+                       mime="image/png", key=key, on_click="ignore", icon=":material/image:",
+                       disabled=not ok, help=None if ok else "PNG export needs Chrome or Chromium "
+                       "(e.g. `apt-get install chromium`); the chart's own camera icon still works.")
 
 
 # ---- model card -----------------------------------------------------------------------------
