@@ -250,6 +250,14 @@ def test_edit_three_rows_then_metrics_and_delta_norm_chart_then_undo(app_model):
     names = zipfile.ZipFile(io.BytesIO(results_flow.model_zip_bytes(handle))).namelist()
     assert {"edited-model/config.json", "edited-model/model.safetensors"} <= set(names)
     edited = weights(handle)
+    # an app restart: the model is loaded again from disk and the ledger replayed onto it
+    import streamlit as st
+
+    st.cache_resource.clear()
+    restarted = new_app().run()
+    handle = handle_of(app_model)
+    assert same_weights(edited, weights(handle))
+    assert any("1 edit batch applied" in m.value for m in restarted.markdown if "Edit state" in m.value)
     # undo on the History page → clean state, weights bit-exact
     at.switch_page("../pages/history.py").run()
     at.button(key="undo").click().run()
