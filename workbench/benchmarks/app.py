@@ -25,12 +25,25 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from streamlit.testing.v1 import AppTest
-
+    """Time the app in a throw-away workspace (the user's edit history is neither read nor touched)."""
     from workbench.state import DEFAULT_MODEL_ENV
 
+    saved = {k: os.environ.get(k) for k in (DEFAULT_MODEL_ENV, "WORKBENCH_HOME")}
     os.environ[DEFAULT_MODEL_ENV] = args.model
-    os.environ.setdefault("WORKBENCH_HOME", tempfile.mkdtemp(prefix="workbench-bench-app-"))
+    os.environ["WORKBENCH_HOME"] = tempfile.mkdtemp(prefix="workbench-bench-app-")
+    try:
+        return _measure(args)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _measure(args: argparse.Namespace) -> dict:
+    from streamlit.testing.v1 import AppTest
+
     app = Path(__file__).resolve().parent.parent / "app.py"
     at = AppTest.from_file(str(app), default_timeout=600)
     t0 = time.perf_counter()
