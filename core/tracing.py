@@ -11,8 +11,9 @@ the clean prediction comes back:
 `kind` says what is restored at (token t, layer l): "hidden" the block output h_t^l, "mlp" the
 MLP outputs m_t^j, "attn" the attention outputs a_t^j, for j in a window of `window` layers
 centred on l (clipped at the ends; Appendix A uses 10). The grid runs as batched forwards
-(`core.tracing_batch`); tokens before the subject cannot see the noise (causal attention), so
-their cells equal the corrupted probability and are filled without running.
+(`core.tracing_batch`) that recompute only what a restoration can change (`core.tracing_cache`);
+cells known in closed form — tokens before the subject cannot see the noise (causal attention),
+last-layer states of earlier tokens are never read — are filled without running.
 
 The severed-path trace (Figure 3) is in `core.tracing_severed`; averages over many facts in
 `core.trace_avg`; the suggested edit range in `core.layer_select`.
@@ -25,12 +26,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from core.errors import BadInputError
 from core.subject import SubjectSpan, locate_subject
 from core.tracing_batch import (
     Patch, cells_per_forward, clean_forward, corrupted_forward, make_noise, run_cells, sample_rows,
 )
+from core.tracing_cache import cache_kv, plan_grid, window_layers
 
 KINDS = ("hidden", "mlp", "attn")
 
@@ -92,6 +95,8 @@ class TraceResult:
     answer: str                          # the answer token as text
     answer_id: int
     settings: dict                       # TraceSettings fields + noise_level actually used
+    skipped_cells: int = 0               # cells filled without a forward (known in closed form)
+    shared_cells: int = 0                # cells copied from an identical restoration
 
     @property
     def effects(self) -> np.ndarray:
@@ -128,6 +133,7 @@ class PreparedTrace:
     clean_states: dict = field(repr=False)    # component -> (L, T, d)
     frozen: dict = field(repr=False)          # component -> (L, S, d) at span.last, corrupted run
     corrupted_hidden: torch.Tensor = field(repr=False)   # (L, S, T, d) block outputs, corrupted run
+    corrupted_kv: list | None = field(default=None, repr=False)  # per block (keys, values), (S, h, T, hd)
 
     @property
     def n_tokens(self) -> int:
@@ -210,8 +216,9 @@ def prepare_trace(handle, prompt: str, subject: str, answer: str | None = None,
         if answer_id is None:
             answer_id = int(probs.argmax())                                     # clean top-1
         save = {(j, c): (None if c == "hidden" else span.last) for j in range(L) for c in KINDS}
+        cache = DynamicCache(config=handle.config)
         p, saved = corrupted_forward(handle, input_ids, (span.start, span.end), noise, S, [],
-                                     answer_id, save=save)
+                                     answer_id, save=save, cache=cache)
     frozen = {c: torch.stack([saved[(j, c)] for j in range(L)]) for c in ("attn", "mlp")}
     corrupted_hidden = torch.stack([saved[(j, "hidden")] for j in range(L)])   # (L, S, T, d)
     tokens = [handle.tokenizer.decode([i]) for i in input_ids[0].tolist()]
@@ -221,31 +228,31 @@ def prepare_trace(handle, prompt: str, subject: str, answer: str | None = None,
         answer=handle.tokenizer.decode([answer_id]), noise_level=level, noise=noise,
         clean_prob=float(probs[answer_id]), corrupted_prob=float(p.mean()),
         clean_states=clean, frozen=frozen, corrupted_hidden=corrupted_hidden,
+        corrupted_kv=cache_kv(cache, input_ids.shape[1]),
     )
 
 
 # ---- restorations -------------------------------------------------------------------------
-
-def window_layers(layer: int, window: int, n_layers: int) -> range:
-    """Layers restored together around `layer`: [l − ⌊w/2⌋, l + ⌈w/2⌉) clipped to the model
-    (the reference implementation's window; w = 10 → l−5 … l+4)."""
-    return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
-
 
 def first_layer(kind: str, layer: int, window: int, n_layers: int) -> int:
     """The first layer a restoration touches (blocks below it match the corrupted run)."""
     return layer if kind == "hidden" else window_layers(layer, window, n_layers).start
 
 
-def restoration_patches(prep: PreparedTrace, kind: str, cells: list[tuple[int, int]]) -> list[Patch]:
-    """Patches restoring cell c = (token, layer) in rows c·S … c·S+S-1 of a chunk."""
-    S, L, dev = prep.settings.samples, prep.handle.n_layers, prep.input_ids.device
+def first_block(kind: str, layers: tuple[int, ...]) -> int:
+    """The first block a forward restoring `layers` must run: a restored block output is written
+    into the corrupted run's copy, so for "hidden" the block after it (`skip_depth`)."""
+    return min(layers) + 1 if kind == "hidden" else min(layers)
+
+
+def restoration_patches(prep: PreparedTrace, kind: str, cells: list[tuple[int, tuple]]) -> list[Patch]:
+    """Patches restoring cell c = (token, layers) in rows c·S … c·S+S-1 of a chunk."""
+    S, dev = prep.settings.samples, prep.input_ids.device
     clean = prep.clean_states[kind]                                             # (L, T, d)
     rows: dict[int, list] = {}
     toks: dict[int, list] = {}
-    for c, (t, layer) in enumerate(cells):
-        targets = [layer] if kind == "hidden" else window_layers(layer, prep.settings.window, L)
-        for j in targets:
+    for c, (t, layers) in enumerate(cells):
+        for j in layers:
             rows.setdefault(j, []).append(sample_rows(c, S, dev))
             toks.setdefault(j, []).append(torch.full((S,), t, dtype=torch.long, device=dev))
     patches = []
@@ -256,33 +263,46 @@ def restoration_patches(prep: PreparedTrace, kind: str, cells: list[tuple[int, i
 
 
 def run_grid(prep: PreparedTrace, kind: str = "hidden", *, batched: bool = True,
-             reuse_prefix: bool = True, progress=None) -> TraceResult:
+             reuse_prefix: bool = True, prune_positions: bool = True, shortcuts: bool = True,
+             progress=None) -> TraceResult:
     """The (tokens × layers) restoration grid of one kind.
 
-    batched=False runs one full forward per (token, layer) cell (the reference loop; for
-    benchmarks and tests). Batched, cells are grouped by the first layer they touch and, with
-    reuse_prefix, each forward starts from the corrupted run's states below that layer.
+    batched=False runs one full forward per (token, layer) cell, every cell (the reference
+    loop; for benchmarks and tests). Batched: cells known in closed form are filled and identical
+    restorations run once (`plan_grid`, unless shortcuts=False); forwards start from the
+    corrupted run's block outputs below the first restored layer (reuse_prefix) and, with
+    prune_positions, feed only tokens from the restored one on (`core.tracing_cache`).
     """
     check_kind(kind)
     handle, S = prep.handle, prep.settings.samples
     T, L = prep.n_tokens, handle.n_layers
-    scores = np.full((T, L), prep.corrupted_prob, dtype=np.float64)  # tokens before the subject
-    cells = [(t, layer) for t in range(prep.span.start, T) for layer in range(L)]
+    plan = plan_grid(prep, kind, shortcuts=batched and shortcuts)
+    runs = plan.runs
     max_cells = cells_per_forward(handle, T, S, prep.settings.memory_mb) if batched else 1
     skip = batched and reuse_prefix
-    firsts = [first_layer(kind, layer, prep.settings.window, L) for _, layer in cells]
+    report = None
+    if progress:   # counted in grid cells (filled and shared ones finish with the runs)
+        def report(done: int, total: int, phase: str) -> None:
+            progress(round(done * T * L / total), T * L, phase)
+
     p = run_cells(handle, prep.input_ids, (prep.span.start, prep.span.end), prep.noise,
-                  prep.answer_id, len(cells),
-                  lambda chunk: restoration_patches(prep, kind, [cells[i] for i in chunk]),
-                  max_cells, progress=progress, phase=kind, first_layers=firsts if skip else None,
-                  corrupted_hidden=prep.corrupted_hidden if skip else None)
-    for (t, layer), v in zip(cells, p.tolist()):
-        scores[t, layer] = v
+                  prep.answer_id, len(runs),
+                  lambda chunk: restoration_patches(prep, kind, [runs[i] for i in chunk]),
+                  max_cells, progress=report, phase=kind,
+                  first_layers=[first_block(kind, layers) for _, layers in runs] if skip else None,
+                  corrupted_hidden=prep.corrupted_hidden if skip else None,
+                  first_tokens=[t for t, _ in runs] if skip and prune_positions else None,
+                  kv=prep.corrupted_kv if skip and prune_positions else None)
+    if progress and not runs:
+        progress(T * L, T * L, kind)
+    p = p.double().numpy()
+    scores = np.where(plan.where >= 0, p[np.maximum(plan.where, 0)] if len(runs) else 0.0, plan.fill)
     return TraceResult(
         prompt=prep.prompt, subject=prep.subject, kind=kind, scores=scores,
         clean_prob=prep.clean_prob, corrupted_prob=prep.corrupted_prob, tokens=list(prep.tokens),
         subject_span=(prep.span.start, prep.span.end), answer=prep.answer,
         answer_id=prep.answer_id, settings=prep.settings_dict(),
+        skipped_cells=plan.skipped, shared_cells=plan.shared,
     )
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from core.tracing_cache import plan_chunks, prefix_cache
+
 COMPONENTS = ("attn", "mlp", "hidden")  # execution order inside one block
 
 
@@ -93,7 +95,8 @@ def skip_depth(patches: list[Patch]) -> int:
 def corrupted_forward(handle, input_ids: torch.Tensor, span: tuple[int, int], noise: torch.Tensor,
                       n_rows: int, patches: list[Patch], answer_id: int,
                       save: dict[tuple[int, str], int | None] | None = None,
-                      corrupted_hidden: torch.Tensor | None = None):
+                      corrupted_hidden: torch.Tensor | None = None, kv=None, prefix: int = 0,
+                      cache=None):
     """One forward of `n_rows` corrupted copies of the prompt with `patches` applied.
 
     input_ids: (1, T) the prompt; span: subject tokens [s0, s1); noise: (S, s1-s0, d) with
@@ -105,6 +108,11 @@ def corrupted_forward(handle, input_ids: torch.Tensor, span: tuple[int, int], no
     the corrupted run's, and block k's output is taken from `corrupted_hidden` (with block-k
     patches written into it). Same numbers, fewer layers computed.
 
+    kv, prefix: the corrupted run's per-block (keys, values), each (S, heads, T, head_dim), and
+    a token count no patch reaches below (`core.tracing_cache`): only tokens prefix … T−1 are
+    fed, tokens < prefix come from the cache. cache: an empty `DynamicCache` that this (full,
+    unpatched-prefix) run fills with its keys and values.
+
     Returns (p, saved): p (n_rows,) float32 — P(answer) at the last position of every row;
     saved maps each (layer, component) of `save` to its output at the given token (n_rows, d),
     or at all tokens (n_rows, T, d) when the token is None.
@@ -113,32 +121,43 @@ def corrupted_forward(handle, input_ids: torch.Tensor, span: tuple[int, int], no
     S = noise.shape[0]
     T = input_ids.shape[1]
     s0, s1 = span
-    batch = {"input_ids": input_ids.expand(n_rows, T),
-             "attention_mask": torch.ones(n_rows, T, dtype=torch.long, device=input_ids.device)}
-    noise_rows = noise.repeat(n_rows // S, 1, 1)                                # (n_rows, s1-s0, d)
     save = dict(save or {})
+    prefix = prefix if kv is not None and not save else 0
+    n = T - prefix                                                              # tokens fed
+    dev = input_ids.device
+    batch = {"input_ids": input_ids[:, prefix:].expand(n_rows, n),
+             "attention_mask": torch.ones(n_rows, T, dtype=torch.long, device=dev)}
+    kwargs: dict = {"logits_to_keep": 1, "use_cache": cache is not None or prefix > 0}
+    if prefix > 0:   # tokens < prefix: keys/values of the corrupted run, row r ← sample r mod S
+        kwargs["cache"] = prefix_cache(handle, kv, prefix, n_rows // S)
+        kwargs["position_ids"] = torch.arange(prefix, T, device=dev).expand(n_rows, n)
+    elif cache is not None:
+        kwargs["cache"] = cache
+    a = max(s0, prefix)                                     # first subject token that is fed
+    noise_rows = noise[:, a - s0:].repeat(n_rows // S, 1, 1)                    # (n_rows, s1-a, d)
     skip = skip_depth(patches) if corrupted_hidden is not None and not save else -1
     start = None
     if skip >= 0:
-        start = corrupted_hidden[skip].repeat(n_rows // S, 1, 1)               # (n_rows, T, d)
+        start = corrupted_hidden[skip][:, prefix:].repeat(n_rows // S, 1, 1)   # (n_rows, n, d)
         for p in patches:
             if p.layer == skip:
-                start[p.rows, p.tokens] = p.values
+                start[p.rows, p.tokens - prefix] = p.values
         patches = [p for p in patches if p.layer > skip]
     by_key: dict[tuple[int, str], list[Patch]] = {}
     for p in patches:
         by_key.setdefault((p.layer, p.component), []).append(p)
     keys = sorted(set(by_key) | set(save), key=lambda k: (k[0], COMPONENTS.index(k[1])))
     saved: dict[tuple[int, str], torch.Tensor] = {}
-    with handle.model.trace(batch, logits_to_keep=1):
-        emb = handle.embed.output                                               # (n_rows, T, d)
-        emb[:, s0:s1] += noise_rows
+    with handle.model.trace(batch, **kwargs):
+        emb = handle.embed.output                                               # (n_rows, n, d)
+        if s1 > a:
+            emb[:, a - prefix:s1 - prefix] += noise_rows
         for j in range(skip + 1):  # blocks 0..skip: not run; only block `skip`'s output is read
             handle.layer(j).skip(start)
         for key in keys:  # ascending (layer, component): nnsight's execution order
             out = component_output(handle, *key)                                # (n_rows, T, d)
             for p in by_key.get(key, ()):
-                out[p.rows, p.tokens] = p.values
+                out[p.rows, p.tokens - prefix if prefix else p.tokens] = p.values
             if key in save:
                 tok = save[key]
                 saved[key] = (out if tok is None else out[:, tok]).clone().save()
@@ -153,7 +172,7 @@ def clean_forward(handle, input_ids: torch.Tensor, components: tuple[str, ...]):
     L = handle.n_layers
     batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
     states: dict[str, list] = {c: [] for c in components}
-    with handle.model.trace(batch, logits_to_keep=1):
+    with handle.model.trace(batch, logits_to_keep=1, use_cache=False):
         for layer in range(L):
             for comp in COMPONENTS:
                 if comp in states:
@@ -164,31 +183,30 @@ def clean_forward(handle, input_ids: torch.Tensor, components: tuple[str, ...]):
 
 def run_cells(handle, input_ids, span, noise, answer_id: int, n_cells: int, patches_for,
               max_cells: int, progress=None, phase: str = "", first_layers: list[int] | None = None,
-              corrupted_hidden: torch.Tensor | None = None) -> torch.Tensor:
+              corrupted_hidden: torch.Tensor | None = None, first_tokens: list[int] | None = None,
+              kv=None) -> torch.Tensor:
     """P(answer) averaged over the S noise samples for each of `n_cells` restorations.
 
     patches_for(cells: list[int]) -> list[Patch] builds the patches of a chunk of cells, with
     rows numbered from 0 inside the chunk (cell k of the chunk owns rows k·S … k·S+S-1).
-    Chunks hold at most `max_cells` cells. With `first_layers` (the first layer each cell
-    touches) and `corrupted_hidden`, chunks group cells by that layer, so each forward can skip
-    the blocks its rows share with the corrupted run. Returns (n_cells,).
+    Chunks hold at most `max_cells` cells. With `first_layers` (the first block each cell's
+    forward must run, see `skip_depth`) and `corrupted_hidden`, a forward skips the blocks its
+    rows share with the corrupted run; with `first_tokens` (the first token each cell's patches touch) and `kv` (the
+    corrupted run's keys/values) it feeds only the tokens from there on. `plan_chunks` groups
+    cells so that little is recomputed. Returns (n_cells,).
     """
-    S = noise.shape[0]
+    S, T, L = noise.shape[0], input_ids.shape[1], handle.n_layers
+    skip = bool(first_layers) and corrupted_hidden is not None
+    blocks = [min(max(0, f), L) for f in first_layers] if skip else [0] * n_cells
+    toks = list(first_tokens) if first_tokens is not None and kv is not None else [0] * n_cells
     out = torch.empty(n_cells)
-    order = sorted(range(n_cells), key=lambda i: first_layers[i]) if first_layers else list(range(n_cells))
-    chunks: list[list[int]] = []
-    for i in order:
-        same_group = chunks and (not first_layers or first_layers[chunks[-1][0]] == first_layers[i])
-        if same_group and len(chunks[-1]) < max_cells:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
     done = 0
-    for chunk in chunks:
+    for chunk in plan_chunks(toks, blocks, T, L, S, max_cells):
         with handle.lock, torch.no_grad():
             p, _ = corrupted_forward(handle, input_ids, span, noise, len(chunk) * S,
                                      patches_for(chunk), answer_id,
-                                     corrupted_hidden=corrupted_hidden)
+                                     corrupted_hidden=corrupted_hidden if skip else None,
+                                     kv=kv, prefix=min(toks[i] for i in chunk))
         out[chunk] = p.view(len(chunk), S).mean(dim=1)                         # mean over samples
         done += len(chunk)
         if progress:

@@ -104,12 +104,15 @@ def run_severed(prep: PreparedTrace, *, batched: bool = True, reuse_prefix: bool
     handle, S, L = prep.handle, prep.settings.samples, prep.handle.n_layers
     cells = [(mode, layer) for mode in MODES for layer in range(L)]
     max_cells = cells_per_forward(handle, prep.n_tokens, S, prep.settings.memory_mb) if batched else 1
+    skip = batched and reuse_prefix   # start from the corrupted run's blocks and tokens < S
     p = run_cells(handle, prep.input_ids, (prep.span.start, prep.span.end), prep.noise,
                   prep.answer_id, len(cells),
                   lambda chunk: severed_patches(prep, [cells[i] for i in chunk]),
                   max_cells, progress=progress, phase="severed",
-                  first_layers=[layer for _, layer in cells] if batched and reuse_prefix else None,
-                  corrupted_hidden=prep.corrupted_hidden if batched and reuse_prefix else None)
+                  first_layers=[layer + 1 for _, layer in cells] if skip else None,
+                  corrupted_hidden=prep.corrupted_hidden if skip else None,
+                  first_tokens=[prep.span.last] * len(cells) if skip else None,
+                  kv=prep.corrupted_kv if skip else None)
     curves = p.view(len(MODES), L).double().numpy()
     return SeveredResult(
         prompt=prep.prompt, subject=prep.subject, token=prep.span.last,

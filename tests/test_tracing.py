@@ -16,6 +16,7 @@ from core.errors import BadInputError
 from core.tracing import (
     KINDS, TraceSettings, patched_prob, prepare_trace, run_grid, trace, trace_kinds, window_layers,
 )
+from core.tracing_cache import cache_kv, forward_cost, plan_chunks, plan_grid
 from core.tracing_severed import run_severed, trace_severed
 
 PROMPT = "Miles Davis plays the trumpet and"
@@ -124,6 +125,8 @@ def test_trace_matches_hook_reference(family_handle):
     handle = sharpen(family_handle)
     ref = reference_setup(handle, PROMPT, SUBJECT, SETTINGS)
     results = trace_kinds(handle, PROMPT, SUBJECT, settings=SETTINGS)
+    # The batched grid fed only the tokens after each restored one (cached prefix) here.
+    assert prepare_trace(handle, PROMPT, SUBJECT, settings=SETTINGS).corrupted_kv is not None
     for kind in KINDS:
         r = results[kind]
         assert r.answer_id == ref["answer"]
@@ -181,11 +184,14 @@ def test_batched_grid_equals_per_cell_loop(prep):
     for kind in KINDS:
         batched = run_grid(prep, kind)
         chunked = run_grid(prep_small, kind)
-        loop = run_grid(prep, kind, batched=False)
-        full = run_grid(prep, kind, reuse_prefix=False)       # batched, every block run
-        np.testing.assert_allclose(batched.scores, loop.scores, atol=1e-6, rtol=0)
-        np.testing.assert_allclose(full.scores, loop.scores, atol=1e-6, rtol=0)
-        np.testing.assert_allclose(chunked.scores, loop.scores, atol=1e-6, rtol=0)
+        loop = run_grid(prep, kind, batched=False)              # every cell, one full forward each
+        full = run_grid(prep, kind, reuse_prefix=False)       # batched, every block and token run
+        no_cache = run_grid(prep, kind, prune_positions=False)  # blocks skipped, every token fed
+        plain = run_grid(prep, kind, shortcuts=False)           # no filled or shared cells
+        assert loop.skipped_cells == 0 and loop.shared_cells == 0
+        assert batched.skipped_cells > 0
+        for other in (batched, full, no_cache, plain, chunked):
+            np.testing.assert_allclose(other.scores, loop.scores, atol=1e-6, rtol=0)
     s_batched, s_loop = run_severed(prep), run_severed(prep, batched=False)
     s_full = run_severed(prep, reuse_prefix=False)
     for name in ("normal", "mlp_severed", "attn_severed"):
@@ -206,7 +212,8 @@ def test_progress_and_progress_totals(prep):
     seen = []
     run_grid(prep, "mlp", progress=lambda done, total, phase: seen.append((done, total, phase)))
     T, L = prep.n_tokens, prep.handle.n_layers
-    assert seen[-1] == ((T - prep.span.start) * L, (T - prep.span.start) * L, "mlp")
+    assert seen[-1] == (T * L, T * L, "mlp")
+    assert [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
 
 
 def test_answer_argument_and_noise_settings(tiny_handle):
@@ -282,3 +289,82 @@ def test_skip_depth():
     assert skip_depth([p(3, "hidden"), p(5, "mlp")]) == 3
     assert skip_depth([p(3, "hidden"), p(3, "mlp")]) == 2
     assert skip_depth([p(0, "attn")]) == -1
+
+
+# ---- shortcuts of the batched grid, each against the brute-force loop -----------------------------
+
+def test_filled_cells_equal_the_loop(prep):
+    """Cells filled without a forward hold what one full forward per cell computes."""
+    T, L, s0 = prep.n_tokens, prep.handle.n_layers, prep.span.start
+    loop = run_grid(prep, "hidden", batched=False)
+    batched = run_grid(prep, "hidden")
+    # Before the subject: the corrupted probability.
+    np.testing.assert_allclose(loop.scores[:s0], prep.corrupted_prob, atol=1e-6, rtol=0)
+    # Last layer, earlier tokens: nothing reads the restored state.
+    np.testing.assert_allclose(loop.scores[:T - 1, L - 1], prep.corrupted_prob, atol=1e-6, rtol=0)
+    # Last layer, last token: the clean final state gives the clean prediction.
+    assert loop.scores[T - 1, L - 1] == pytest.approx(prep.clean_prob, abs=1e-6)
+    assert batched.skipped_cells == s0 * L + (T - 1 - s0) + 1
+    plan = plan_grid(prep, "hidden")
+    assert plan.skipped == batched.skipped_cells and len(plan.runs) == T * L - plan.skipped
+    assert (plan.where[:s0] < 0).all() and (plan.where[:, L - 1] < 0).all()
+
+
+def test_shared_restorations_equal_the_loop(tiny_handle):
+    """Windows clipped at both ends give one restoration for several layers: run once, copied."""
+    wide = TraceSettings(noise=20.0, samples=2, window=6, seed=7)     # 3 layers: every window = all
+    prep = prepare_trace(sharpen(tiny_handle), "The trumpet of Miles Davis is", SUBJECT, settings=wide)
+    T, L, s0 = prep.n_tokens, prep.handle.n_layers, prep.span.start
+    plan = plan_grid(prep, "mlp")
+    assert len(plan.runs) == T - s0              # one restoration per token
+    assert plan.shared == (T - s0) * (L - 1) and plan.skipped == s0 * L
+    batched, loop = run_grid(prep, "mlp"), run_grid(prep, "mlp", batched=False)
+    assert batched.shared_cells == plan.shared
+    np.testing.assert_allclose(batched.scores, loop.scores, atol=1e-6, rtol=0)
+    for layer in range(1, L):    # the loop computed the copies separately, and got the same
+        np.testing.assert_allclose(loop.scores[:, layer], loop.scores[:, 0], atol=1e-6, rtol=0)
+
+
+def test_cached_prefix_feeds_fewer_tokens(prep, monkeypatch):
+    """With the corrupted run's keys/values, a forward restoring token t feeds tokens t … T−1 only."""
+    import core.tracing_batch as tb
+
+    fed = []
+    original = tb.corrupted_forward
+    monkeypatch.setattr(tb, "corrupted_forward", lambda *a, **k: fed.append(k["prefix"]) or original(*a, **k))
+    T = prep.n_tokens
+    sev = run_severed(prep)
+    assert fed and set(fed) == {prep.span.last}     # the severed cells all restore token S
+    fed.clear()
+    small = TraceSettings(**{**STRONG.__dict__, "memory_mb": 0.05})  # a few cells per forward
+    prep_small = prepare_trace(prep.handle, prep.prompt, prep.subject, settings=small)
+    grid = run_grid(prep_small, "hidden")
+    assert min(fed) >= prep.span.start and prep.span.start < max(fed) < T
+    np.testing.assert_allclose(grid.scores[prep.span.last], sev.normal, atol=1e-6)
+
+
+def test_cache_kv_refuses_partial_caches():
+    from transformers import DynamicCache
+
+    assert cache_kv(DynamicCache(), 5) is None                     # nothing recorded
+    k = torch.zeros(2, 4, 5, 8)
+    assert cache_kv(DynamicCache(ddp_cache_data=[(k, k)]), 5) is not None
+    assert cache_kv(DynamicCache(ddp_cache_data=[(k, k)]), 6) is None   # not every token held
+
+
+def test_plan_chunks_partitions_and_beats_fixed_grouping():
+    tokens = [t for t in range(6) for _ in range(8)]
+    blocks = [b for _ in range(6) for b in range(8)]
+    plan = plan_chunks(tokens, blocks, 6, 8, 10, max_cells=16)
+    assert sorted(i for c in plan for i in c) == list(range(48))
+    assert all(1 <= len(c) <= 16 for c in plan)
+
+    def cost(chunks):
+        return sum(forward_cost(len(c), 10, 6, 8, min(tokens[i] for i in c), min(blocks[i] for i in c))
+                   for c in chunks)
+
+    by_token = [[i for i in range(48) if tokens[i] == t] for t in range(6)]
+    by_block = [[i for i in range(48) if blocks[i] == b] for b in range(8)]
+    singles = [[i] for i in range(48)]
+    assert cost(plan) <= min(cost(by_token), cost(by_block), cost(singles))
+    assert plan_chunks([0, 0, 0], [0, 0, 0], 4, 2, 1, max_cells=1) == [[0], [1], [2]]

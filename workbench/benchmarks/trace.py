@@ -2,33 +2,40 @@
 
 Both paths run the same prompt, model, noise and kind in one process, after one shared clean run
 and corrupted baseline; the loop is the reference implementation's shape (Meng et al.,
-`trace_important_states`: one full corrupted forward of `samples` rows per cell). The grids must
-agree (max |Δ| is reported), so the ratio compares two ways of computing the same numbers.
-`batched_full_s` times the batched grid without reusing the corrupted run's lower layers, to
-show how much of the gain is batching and how much is skipped computation.
+`trace_important_states`: one full corrupted forward of `samples` rows for every cell of the
+grid). The grids must agree (max |Δ| is reported), so the ratio compares two ways of computing
+the same numbers. The CPU may be shared: each repeat times the batched grid and the loop back to
+back, and the medians are reported (`ratio`: the median of the per-repeat ratios).
+`batched_full_s` times the batched grid feeding every token to every block, to show how much of
+the gain is batching and how much is computation skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
+
+KINDS = ("hidden", "mlp", "attn")
+
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=None,
                    help="prompt to trace (default: the first fact of the demo world's knowns.json, "
                    "or 'The Eiffel Tower is located in the city of' for other models)")
     p.add_argument("--subject", default=None, help="subject in the prompt (with --prompt)")
-    p.add_argument("--kind", default="hidden", choices=["hidden", "mlp", "attn"],
-                   help="what to restore (default hidden, as in Figure 8a)")
+    p.add_argument("--kind", default="all", choices=["all", *KINDS],
+                   help="what to restore (default all three kinds)")
     p.add_argument("--samples", type=int, default=10, help="noisy copies per cell (default 10)")
     p.add_argument("--window", type=int, default=10, help="window for mlp/attn (default 10)")
     p.add_argument("--memory-mb", type=float, default=256.0,
                    help="activation memory per batched forward (default 256)")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="time each path this many times and keep the fastest (default 1)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="time each path this many times and report medians (default 5)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
 
 def _default_fact(model: str) -> tuple[str, str]:
@@ -41,47 +48,74 @@ def _default_fact(model: str) -> tuple[str, str]:
     return "The Eiffel Tower is located in the city of", "Eiffel Tower"
 
 
-def _timed(fn, repeats: int):
-    best, out = float("inf"), None
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def _forwards(run_grid, prep, kind: str, **kw) -> int:
+    """Forwards a grid runs: its progress callback fires once per forward."""
+    calls = []
+    run_grid(prep, kind, progress=lambda *a: calls.append(1), **kw)
+    return len(calls)
+
+
+def bench_kind(prep, kind: str, repeats: int) -> dict:
+    """Medians over `repeats` of the batched grid, the same without reuse, and the loop."""
+    from core.tracing import run_grid
+
+    run_grid(prep, kind)                                       # warm-up (allocator, nnsight caches)
+    times = {"batched": [], "full": [], "loop": []}
     for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        t, batched = _timed(lambda: run_grid(prep, kind))
+        times["batched"].append(t)
+        t, _ = _timed(lambda: run_grid(prep, kind, reuse_prefix=False))
+        times["full"].append(t)
+        t, loop = _timed(lambda: run_grid(prep, kind, batched=False))
+        times["loop"].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    T, L = prep.n_tokens, prep.handle.n_layers
+    return {
+        "batched_s": med["batched"], "loop_s": med["loop"],
+        "ratio": statistics.median(lp / b for lp, b in zip(times["loop"], times["batched"])),
+        "batched_full_s": med["full"], "ratio_full": med["loop"] / med["full"],
+        "max_abs_diff": float(abs(batched.scores - loop.scores).max()),
+        "cells": T * L, "skipped_cells": batched.skipped_cells, "shared_cells": batched.shared_cells,
+        "forwards_batched": _forwards(run_grid, prep, kind), "forwards_loop": T * L,
+        "batched_runs_s": times["batched"], "loop_runs_s": times["loop"],
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
     from core.errors import BadInputError
-    from core.tracing import TraceSettings, first_layer, prepare_trace, run_grid
-    from core.tracing_batch import cells_per_forward
+    from core.tracing import TraceSettings, prepare_trace
     from workbench.cli.common import load_from_args
 
     if (args.prompt is None) != (args.subject is None):
         raise BadInputError("give --prompt and --subject together", field="subject")
+    if args.threads < 1:
+        raise BadInputError(f"must be ≥ 1, got {args.threads}", field="threads")
     prompt, subject = (args.prompt, args.subject) if args.prompt else _default_fact(args.model)
     settings = TraceSettings(samples=args.samples, window=args.window, memory_mb=args.memory_mb).validate()
-    handle = load_from_args(args)
-    prep = prepare_trace(handle, prompt, subject, None, settings)
-    run_grid(prep, args.kind)                                  # warm-up (allocator, nnsight caches)
-    batched_s, batched = _timed(lambda: run_grid(prep, args.kind), args.repeats)
-    full_s, _ = _timed(lambda: run_grid(prep, args.kind, reuse_prefix=False), args.repeats)
-    loop_s, loop = _timed(lambda: run_grid(prep, args.kind, batched=False), args.repeats)
-    T, L = prep.n_tokens, handle.n_layers
-    n_cells = (T - prep.span.start) * L
-    per_forward = cells_per_forward(handle, T, settings.samples, settings.memory_mb)
-    group = {}
-    for layer in range(L):   # batched chunks never mix cells whose first touched layer differs
-        f = first_layer(args.kind, layer, settings.window, L)
-        group[f] = group.get(f, 0) + (T - prep.span.start)
-    forwards = sum(-(-n // per_forward) for n in group.values())
+    kinds = KINDS if args.kind == "all" else (args.kind,)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        handle = load_from_args(args)
+        prep = prepare_trace(handle, prompt, subject, None, settings)
+        per_kind = {k: bench_kind(prep, k, args.repeats) for k in kinds}
+    finally:
+        torch.set_num_threads(threads)
+    total = {key: sum(r[key] for r in per_kind.values())
+             for key in ("batched_s", "loop_s", "cells", "skipped_cells", "forwards_batched", "forwards_loop")}
     return {
-        "batched_s": batched_s, "loop_s": loop_s, "ratio": loop_s / batched_s,
-        "batched_full_s": full_s, "ratio_full": loop_s / full_s,
-        "max_abs_diff": float(abs(batched.scores - loop.scores).max()),
+        **total, "ratio": total["loop_s"] / total["batched_s"],
+        "max_abs_diff": max(r["max_abs_diff"] for r in per_kind.values()),
+        "kinds": per_kind,
         "model": handle.name, "device": str(handle.device), "dtype": str(handle.dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads(), "prompt": prompt, "subject": subject,
-        "kind": args.kind, "n_tokens": T, "n_layers": L, "samples": settings.samples,
-        "cells": n_cells, "cells_per_batched_forward": min(per_forward, n_cells),
-        "forwards_batched": forwards, "forwards_loop": n_cells,
+        "threads": args.threads, "prompt": prompt, "subject": subject,
+        "subject_span": [prep.span.start, prep.span.end], "n_tokens": prep.n_tokens,
+        "n_layers": handle.n_layers, "samples": settings.samples, "window": settings.window,
         "repeats": args.repeats,
     }
