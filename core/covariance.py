@@ -145,6 +145,7 @@ def collect_second_moments(handle, texts: list[str], layers: list[int], *, dtype
     Returns ({layer: (d_mlp, d_mlp) sum on the model's device}, number of tokens).
     """
     layers = sorted(layers)
+    max_tokens = min(max_tokens, handle.max_length)  # never past the model's context
     sums: dict[int, torch.Tensor] = {}
     n_tokens = 0
     tok = handle.tokenizer

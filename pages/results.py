@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from workbench import edit_flow, loader, results_flow, state, trace_flow, ui
+from workbench.charts import edit as edit_charts
 from workbench.charts import trace as trace_charts
 
 s = state.get()
@@ -46,12 +47,12 @@ with st.expander(f"Per-edit rows ({len(run.requests)})"):
 st.subheader("Weight change per layer")
 st.caption("‖ΔW‖ of each edited MLP output matrix, absolute and relative to ‖W‖. MEMIT spreads "
            "the change over R; ROME and FT-W put it all in one layer.")
-norm_fig = results_flow.delta_norm_figure(run.result)
+norm_fig = edit_charts.delta_norm_chart(run.result)
 st.plotly_chart(norm_fig, key="delta_norms")
 if edit_flow.size_warning(run.result):
     st.warning(edit_flow.size_warning(run.result), icon=":material/warning:")
 if "delta_norm" in run.result.per_edit:
-    st.plotly_chart(results_flow.per_edit_figure(run.result), key="per_edit_chart")
+    st.plotly_chart(edit_charts.contribution_chart(run.result), key="per_edit_chart")
 
 st.subheader("Generations before → after")
 st.caption("Greedy continuations of the edited subjects and of a neighbour each; words that "

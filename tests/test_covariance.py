@@ -149,3 +149,14 @@ def test_hub_dataset_offline_falls_back_to_demo_corpus_with_a_note(monkeypatch):
     c = load_corpus("wikitext", 5)
     assert c.label.startswith("demo:") and len(c.texts) == 5
     assert "dataset 'wikitext' is not available" in c.note and "demo corpus" in c.note
+
+
+def test_records_longer_than_the_context_are_cut_to_it(tiny_handle):
+    """A corpus line longer than the model's context (128 positions here) must not crash the
+    statistics: records are truncated to the context, and the sum equals the hook reference."""
+    long_text = " ".join(TRAIN_TEXT * 12)          # several hundred tokens
+    assert len(tiny_handle.tokenizer(long_text)["input_ids"]) > tiny_handle.max_length
+    sums, n = collect_second_moments(tiny_handle, [long_text], [1], max_tokens=1024)
+    ref, n_ref = hook_second_moment(tiny_handle, [long_text], 1, max_tokens=tiny_handle.max_length)
+    assert n == n_ref == tiny_handle.max_length
+    assert torch.allclose(sums[1].double(), ref, rtol=1e-4, atol=1e-4)

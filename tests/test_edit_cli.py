@@ -157,7 +157,7 @@ def test_chart_builders_draw_the_result(tmp_path):
     h = make_tiny_handle("gpt2")
     result = execute_memit(h, REQUESTS, small_hparams(write_corpus(tmp_path / "c.txt")))
     fig = delta_norm_chart(result)
-    assert [list(t.x) for t in fig.data] == [["0", "1"], ["0", "1"]]
+    assert [list(t.x) for t in fig.data] == [[0, 1], [0, 1]]
     assert list(fig.data[0].y) == [result.delta_norms[0], result.delta_norms[1]]
     assert list(fig.data[1].y) == [result.relative_norms[0], result.relative_norms[1]]
     pe = per_edit_chart(result)

@@ -101,3 +101,8 @@ def test_png_export_renders():
     w, h = struct.unpack(">II", png[16:24])                      # IHDR width, height
     assert (w, h) == (500, 400)
     assert len(png) > 5000                                        # not an empty canvas
+
+
+def test_user_text_is_never_plotly_markup():
+    labels = token_labels(["<b>", "x", "<a href='j'>"], (0, 1))
+    assert labels[0] == "‹b›*" and "<" not in "".join(labels)

@@ -23,6 +23,7 @@ import streamlit as st
 
 from core.errors import WorkbenchError
 from workbench import loader, state
+from workbench.charts.labels import plot_safe  # noqa: F401 (re-exported for pages)
 
 LOG = logging.getLogger("workbench.app")
 PAGES_DIR = Path(__file__).resolve().parent.parent / "pages"
@@ -200,12 +201,6 @@ def edit_state_text(handle) -> str:
 
 
 # ---- charts ---------------------------------------------------------------------------------
-
-def plot_safe(text: str) -> str:
-    """Text for plotly labels: plotly reads '<b>', '<a href>' … in labels as markup, so angle
-    brackets become look-alike quotes (user text is never markup)."""
-    return str(text).replace("<", "‹").replace(">", "›")
-
 
 def plot_safe_result(result):
     """A copy of a trace result whose user-derived strings (tokens, prompt, answer) are plot-safe."""

@@ -2,6 +2,7 @@
 
     delta_norm_chart(result)      ‖ΔW‖ per edited layer, absolute and relative to ‖W‖
     per_edit_chart(result)        final z loss and ‖δ‖/‖h‖ per edit
+    contribution_chart(result)    ‖δᵢ‖ per edit, largest first: which facts moved the model most
     metrics_chart(pre, post)      ES / PS / NS / S before and after (percent)
 """
 
@@ -12,13 +13,15 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.charts.labels import plot_safe
+
 BEFORE, AFTER = "#9aa5b1", "#1f77b4"
 
 
 def delta_norm_chart(result, title: str | None = None) -> go.Figure:
     """Two panels over the edited layers: ‖ΔW‖_F and ‖ΔW‖_F / ‖W‖_F."""
     layers = list(result.layers)
-    x = [str(layer) for layer in layers]
+    x = layers
     fig = make_subplots(rows=1, cols=2, subplot_titles=("‖ΔW‖ (Frobenius)", "‖ΔW‖ / ‖W‖"),
                         horizontal_spacing=0.12)
     fig.add_trace(go.Bar(x=x, y=[result.delta_norms[l] for l in layers], marker_color=AFTER,
@@ -28,8 +31,9 @@ def delta_norm_chart(result, title: str | None = None) -> go.Figure:
                          name="‖ΔW‖/‖W‖", hovertemplate="layer %{x}<br>relative = %{y:.3g}<extra></extra>"),
                   row=1, col=2)
     for col in (1, 2):
-        fig.update_xaxes(title_text="layer (W_out of the MLP)", type="category", row=1, col=col)
-    fig.update_layout(title=title or f"Weight change per layer ({result.method.upper()}, "
+        fig.update_xaxes(title_text="layer (W_out of the MLP)", tickmode="array", tickvals=layers,
+                         row=1, col=col)
+    fig.update_layout(title=title or f"Weight change norm per layer ({result.method.upper()}, "
                       f"{len(result.requests)} edits)", showlegend=False, template="plotly_white",
                       height=340, width=760)
     return fig
@@ -38,7 +42,7 @@ def delta_norm_chart(result, title: str | None = None) -> go.Figure:
 def per_edit_chart(result, title: str | None = None) -> go.Figure:
     """Per edit: final loss of its target z (Eq. 16) and ‖δ‖/‖h‖ (how far z moved from h)."""
     df = result.per_edit
-    labels = [f"{s} → {t}" for s, t in zip(df["subject"], df["target_new"])]
+    labels = [plot_safe(f"{s} → {t}") for s, t in zip(df["subject"], df["target_new"])]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("final z loss", "‖δ‖ / ‖h‖"), horizontal_spacing=0.12)
     if "loss" in df:
         fig.add_trace(go.Histogram(x=df["loss"], marker_color=AFTER, name="loss", nbinsx=30,
@@ -53,6 +57,22 @@ def per_edit_chart(result, title: str | None = None) -> go.Figure:
     fig.update_yaxes(title_text="edits", row=1, col=1)
     fig.update_layout(title=title or "Targets z per edit", showlegend=False, template="plotly_white",
                       height=340, width=760)
+    return fig
+
+
+def contribution_chart(result, top: int = 30) -> go.Figure:
+    """‖δᵢ‖ = ‖zᵢ − hᵢᴸ‖ per edit (Eq. 16's target shift), largest first: how far each fact had
+    to move the hidden state at the last subject token."""
+    pe = result.per_edit
+    fig = go.Figure()
+    if "delta_norm" in pe and len(pe):
+        part = pe.sort_values("delta_norm", ascending=False).head(top)
+        labels = [plot_safe(f"{s} → {t}") for s, t in zip(part["subject"], part["target_new"])]
+        fig.add_trace(go.Bar(x=part["delta_norm"], y=labels, orientation="h", marker_color="#6a3d9a",
+                             hovertemplate="%{y}<br>‖δ‖ = %{x:.4g}<extra></extra>"))
+    fig.update_layout(title={"text": f"Per-edit contribution ‖zᵢ − hᵢᴸ‖ (top {top})"},
+                      xaxis_title="norm of the target change δᵢ", yaxis={"autorange": "reversed"},
+                      height=max(260, 22 * min(top, len(pe)) + 120), template="plotly_white")
     return fig
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.charts.labels import plot_safe
+
 KIND_STYLE = {  # colours of Meng et al.'s figures: hidden purple, MLP green, attention red
     "hidden": {"scale": "Purples", "line": "#6a3d9a", "name": "hidden state", "short": "h"},
     "mlp": {"scale": "Greens", "line": "#238b45", "name": "MLP", "short": "MLP"},
@@ -29,7 +31,7 @@ def token_labels(tokens: list[str], span: tuple[int, int]) -> list[str]:
     """Readable token labels; subject tokens get a trailing '*' (as in Figure 8)."""
     out = []
     for i, t in enumerate(tokens):
-        label = t.replace("\n", "\\n") if t.strip() else repr(t)
+        label = plot_safe(t.replace("\n", "\\n") if t.strip() else repr(t))
         out.append(label + "*" if span[0] <= i < span[1] else label)
     return out
 
@@ -45,7 +47,7 @@ def _heatmap_trace(result, *, showscale: bool = True, colorbar_x: float | None =
     labels = token_labels(result.tokens, tuple(result.subject_span))
     effects = result.scores - result.corrupted_prob
     custom = np.dstack([np.array(labels, dtype=object)[:, None].repeat(L, 1), effects])
-    colorbar = {"title": {"text": f"p({result.answer.strip()})"}, "exponentformat": "e"}
+    colorbar = {"title": {"text": f"p({plot_safe(result.answer.strip())})"}, "exponentformat": "e"}
     if colorbar_x is not None:
         colorbar["x"] = colorbar_x
     return go.Heatmap(
@@ -92,7 +94,7 @@ def trace_heatmaps(results: dict) -> go.Figure:
     first = results[kinds[0]]
     fig.update_traces(colorbar_thickness=10)
     fig.update_layout(
-        title={"text": f"{first.prompt!r} → {first.answer.strip()!r} (clean p = {first.clean_prob:.3f}, "
+        title={"text": f"{plot_safe(repr(first.prompt))} → {plot_safe(repr(first.answer.strip()))} (clean p = {first.clean_prob:.3f}, "
                f"corrupted p = {first.corrupted_prob:.3f})"},
         height=max(340, 28 * len(first.tokens) + 180), width=420 * len(kinds),
     )

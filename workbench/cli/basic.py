@@ -45,7 +45,7 @@ def app_command(port: int, address: str, max_upload_mb: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(app),
             "--server.address", address, "--server.port", str(port),
             "--server.headless", "true", "--server.maxUploadSize", str(max_upload_mb),
-            "--browser.gatherUsageStats", "false"]
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
 
 
 def cmd_app(args: argparse.Namespace) -> int:
