@@ -10,9 +10,11 @@ inside a block attention, then MLP, then the block output), as nnsight requires.
 
 Rows are chunked so that one forward stays within a memory budget; the result does not depend on
 the chunking (tests compare one cell per forward with many). A restoration first touching layer l
-leaves blocks below l exactly as in the plain corrupted run, so chunks group cells by that layer
-and start from the corrupted run's block outputs (nnsight `.skip`): the hidden-state grid then
-computes about half the layers of the one-forward-per-cell loop, with the same numbers.
+at token t leaves blocks below l, and tokens before t, exactly as in the plain corrupted run, so
+chunks group cells by (t, l), start from the corrupted run's block outputs (nnsight `.skip`) and
+feed only tokens t … T−1, with the corrupted run's keys/values for the tokens before
+(`core.tracing_cache`, which also plans the chunks): the same numbers from far fewer
+(row, token, block) evaluations than the one-forward-per-cell loop.
 """
 
 from __future__ import annotations
