@@ -94,9 +94,11 @@ def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dic
         "",
         "## Limits",
         "",
-        "A toy: it knows ~2,000 invented facts and the few hundred words of its world's "
-        "sentences; it cannot write general English. Use it to learn the workbench, then load a "
-        "real model (`--model gpt2-xl`).",
+        f"A toy: it knows the {world_summary['n_facts']:,} invented facts of its world and the few "
+        "hundred words of that world's sentences; it cannot write general English. Facts are "
+        "looked up in the *early* MLPs (layers 0-1) of the last subject token, not in the middle "
+        "of a deep stack as in GPT-2 XL. Use it to learn the workbench, then load a real model "
+        "(`--model gpt2-xl`).",
         "",
     ]
     return "\n".join(lines)

@@ -56,6 +56,7 @@ class World:
     counterfact: list[dict] = field(default_factory=list)
     knowns: list[dict] = field(default_factory=list)
     corpus: str = ""
+    bare_tags: bool = False            # tag lines "<subject> <object>." (else "<tag>: <subject> <object>.")
 
     def relation(self, name: str) -> dict:
         for r in self.relations:
@@ -79,18 +80,18 @@ def _invented(rng: random.Random, onsets: list[str], codas: list[str], n: int, t
     return pool[:n]
 
 
-def _people(rng: random.Random, n_people: int) -> tuple[list[str], dict[str, str]]:
-    """Three-part names; every (first, middle) prefix is shared by two people, so the last
-    name token is the first one that identifies the person."""
+def _people(rng: random.Random, n_people: int, per_prefix: int) -> tuple[list[str], dict[str, str]]:
+    """Three-part names; every (first, middle) prefix is shared by `per_prefix` people, so the
+    last name token is the first one that identifies the person."""
     firsts = [(f, "f") for f in wd.FEMALE_FIRST] + [(m, "m") for m in wd.MALE_FIRST]
     prefixes = [(f, g, m) for f, g in firsts for m in wd.MIDDLE]
     rng.shuffle(prefixes)
-    n_prefix = (n_people + 1) // 2
-    if n_prefix > len(prefixes):
-        raise BadInputError(f"at most {2 * len(prefixes)} people", field="n_people")
+    n_prefix = -(-n_people // per_prefix)
+    if n_prefix > len(prefixes) or not 1 <= per_prefix <= len(wd.SURNAMES):
+        raise BadInputError(f"at most {per_prefix * len(prefixes)} people", field="n_people")
     names, gender = [], {}
     for first, g, middle in prefixes[:n_prefix]:
-        for last in rng.sample(wd.SURNAMES, 2):
+        for last in rng.sample(wd.SURNAMES, per_prefix):
             if len(names) < n_people:
                 name = f"{first} {middle} {last}"
                 names.append(name)
@@ -99,7 +100,7 @@ def _people(rng: random.Random, n_people: int) -> tuple[list[str], dict[str, str
 
 
 def _entities(rng: random.Random, n_people: int, n_companies: int, n_countries: int,
-              cities_per_country: int) -> tuple[dict[str, list[str]], dict[str, str]]:
+              cities_per_country: int, per_prefix: int) -> tuple[dict[str, list[str]], dict[str, str]]:
     countries = _invented(rng, wd.NAME_ONSETS, wd.NAME_CODAS, n_countries, set())
     cities = _invented(rng, wd.NAME_ONSETS, wd.CITY_CODAS, n_countries * cities_per_country,
                        set(countries))
@@ -107,7 +108,7 @@ def _entities(rng: random.Random, n_people: int, n_companies: int, n_countries: 
     rng.shuffle(companies)
     if n_companies > len(companies):
         raise BadInputError(f"at most {len(companies)} companies", field="n_companies")
-    people, gender = _people(rng, n_people)
+    people, gender = _people(rng, n_people, per_prefix)
     return ({"person": people, "company": companies[:n_companies], "country": countries,
              "city": cities}, gender)
 
@@ -216,7 +217,7 @@ def documents(world: World, rng: random.Random, filler_p: float = 0.15) -> list[
     for i in range(0, len(order), 6):                  # tag lines: object right after the name
         w = _Writer()
         for s, r, o in order[i:i + 6]:
-            w.add(f"{rels[r]['tag']}: {s} {o}.", s)
+            w.add(f"{s} {o}." if world.bare_tags else f"{rels[r]['tag']}: {s} {o}.", s)
         docs.append(w.doc())
     rng.shuffle(docs)
     return docs
@@ -278,15 +279,16 @@ def _knowns(rng: random.Random, world: World, n: int) -> list[dict]:
 
 def build_world(seed: int = 0, n_people: int = 300, n_companies: int = 40, n_countries: int = 20,
                 cities_per_country: int = 4, n_cases: int = 1500, n_knowns: int = 400,
-                corpus_passes: int = 2) -> World:
+                corpus_passes: int = 2, people_per_prefix: int = 2, bare_tags: bool = False) -> World:
     """Generate the world from `seed` (same seed, same world, byte for byte)."""
     if n_people < 2 or n_companies < 2 or n_countries < 2 or cities_per_country < 1:
         raise BadInputError("the world needs at least 2 people, companies and countries", field="size")
     rng = random.Random(seed)
-    entities, gender = _entities(rng, n_people, n_companies, n_countries, cities_per_country)
+    entities, gender = _entities(rng, n_people, n_companies, n_countries, cities_per_country,
+                                 people_per_prefix)
     relations = [{k: (list(v) if isinstance(v, list) else v) for k, v in r.items()} for r in wd.RELATIONS]
     world = World(seed=seed, entities=entities, gender=gender, relations=relations,
-                  facts=_facts(rng, entities, cities_per_country))
+                  facts=_facts(rng, entities, cities_per_country), bare_tags=bare_tags)
     world.counterfact = _counterfact(rng, world, n_cases)
     world.knowns = _knowns(rng, world, n_knowns)
     world.corpus = "\n\n".join(d.text for _ in range(corpus_passes) for d in documents(world, rng)) + "\n"
@@ -302,8 +304,8 @@ def write_world(world: World, out_dir: str | Path | None = None) -> Path:
     (out / "relations.json").write_text(dump(world.relations))
     (out / "counterfact.json").write_text(dump(world.counterfact))
     (out / "knowns.json").write_text(dump(world.knowns))
-    (out / "entities.json").write_text(dump({"seed": world.seed, "entities": world.entities,
-                                             "gender": world.gender}))
+    (out / "entities.json").write_text(dump({"seed": world.seed, "bare_tags": world.bare_tags,
+                                             "entities": world.entities, "gender": world.gender}))
     (out / "corpus.txt").write_text(world.corpus)
     return out
 
@@ -330,6 +332,7 @@ def load_world(dir: str | Path | None = None) -> World:  # noqa: A002
     p = _dir(dir)
     ent = json.loads((p / "entities.json").read_text())
     return World(seed=ent["seed"], entities=ent["entities"], gender=ent["gender"],
+                 bare_tags=ent.get("bare_tags", False),
                  relations=load_relations(p), facts=load_facts(p),
                  counterfact=json.loads((p / "counterfact.json").read_text()),
                  knowns=json.loads((p / "knowns.json").read_text()),

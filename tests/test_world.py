@@ -73,6 +73,12 @@ def test_people_names_are_compositional(world):
         prefixes.setdefault(p.rsplit(" ", 1)[0], []).append(p)
     # Only the last name token tells two people with the same first + middle names apart.
     assert all(len(v) == 2 for v in prefixes.values())
+    assert all(len({p.split()[-1] for p in v}) == 2 for v in prefixes.values())
+    wider = build_world(seed=0, n_people=50, n_cases=5, n_knowns=5, corpus_passes=1, people_per_prefix=5)
+    sizes = {}
+    for p in wider.entities["person"]:
+        sizes[p.rsplit(" ", 1)[0]] = sizes.get(p.rsplit(" ", 1)[0], 0) + 1
+    assert set(sizes.values()) == {5}
 
 
 def test_counterfact_schema(world):
