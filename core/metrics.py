@@ -65,14 +65,33 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64, progress=None) -> pd.DataFrame:
+def edited_neighbours(requests: list[EditRequest]) -> list[set[int]]:
+    """For each request, the indices of its neighbourhood prompts that are about a subject the same
+    batch edits under the same relation: that subject's true object is changed on purpose, so
+    Eq. 26 (the true object should still win there) does not apply to them."""
+    by_relation: dict[str, set[str]] = {}
+    for r in requests:
+        by_relation.setdefault(r.relation_key, set()).add(r.subject)
+    out = []
+    for r in requests:
+        others = by_relation[r.relation_key] - {r.subject}
+        out.append({j for j, p in enumerate(r.neighborhood_prompts) if any(s in p for s in others)})
+    return out
+
+
+def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64, progress=None, *,
+                       exclude_edited_neighbours: bool = False) -> pd.DataFrame:
     """Per edit: ES, PS, NS (0-1), EM, PM, NM (probability differences), NLLs and top-1 of o_new.
 
     Requests without target_true get NaN for the CounterFact columns (new_top1 is always there).
+    exclude_edited_neighbours: leave out neighbourhood prompts about subjects the batch edits under
+    the same relation (`edited_neighbours`); column n_neighbours_excluded counts them.
     """
+    skip = edited_neighbours(requests) if exclude_edited_neighbours else [set() for _ in requests]
     items, where = [], []              # where: (edit, kind, index in kind, which object)
     for i, r in enumerate(requests):
-        groups = [("E", [r.filled]), ("P", list(r.paraphrase_prompts)), ("N", list(r.neighborhood_prompts))]
+        neigh = [p for j, p in enumerate(r.neighborhood_prompts) if j not in skip[i]]
+        groups = [("E", [r.filled]), ("P", list(r.paraphrase_prompts)), ("N", neigh)]
         for kind, prompts in groups:
             for j, p in enumerate(prompts):
                 items.append((p, r.target_new)), where.append((i, kind, j, "new"))
@@ -88,12 +107,13 @@ def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64
     rows = []
     for i, r in enumerate(requests):
         row = {"case_id": r.case_id, "subject": r.subject, "target_new": r.target_new,
-               "target_true": r.target_true, "new_top1": top1[i]}
+               "target_true": r.target_true, "new_top1": top1[i], "n_neighbours_excluded": len(skip[i])}
         if r.target_true:
             def pairs(kind, n):
                 return [(table[(i, kind, j, "new")], table[(i, kind, j, "true")]) for j in range(n)]
             e = pairs("E", 1)[0]
-            para, neigh = pairs("P", len(r.paraphrase_prompts)), pairs("N", len(r.neighborhood_prompts))
+            para = pairs("P", len(r.paraphrase_prompts))
+            neigh = pairs("N", len(r.neighborhood_prompts) - len(skip[i]))
             p = lambda x: math.exp(-x)  # noqa: E731
             row.update(
                 nll_new=e[0], nll_true=e[1], ES=float(e[0] < e[1]),
@@ -122,6 +142,8 @@ def summarize(df: pd.DataFrame) -> dict:
         col = df[k].astype(float) if k in df else pd.Series(dtype=float)
         out[k] = float(col.mean()) * 100 if col.notna().any() else math.nan
     out["S"] = harmonic_mean([out["ES"], out["PS"], out["NS"]])
+    if "n_neighbours_excluded" in df:
+        out["neighbours_excluded"] = int(df["n_neighbours_excluded"].sum())
     return out
 
 

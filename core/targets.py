@@ -150,33 +150,56 @@ def ensure_bare(templates: list[str]) -> list[str]:
 
 # ---- the optimisation ---------------------------------------------------------------------------
 
+def key_group(req: EditRequest) -> tuple[str, str]:
+    """Edits with the same subject after the same text have the same key at every layer (the
+    model is causal): (subject, prompt text before "{}")."""
+    return req.subject, req.prompt[:req.prompt.index("{}")]
+
+
 def compute_targets(handle, requests: list[EditRequest], layer: int, context_templates: list[str], hp,
                     *, batch_size: int | None = None, progress=None) -> TargetResult:
-    """zᵢ for every request at block `layer` (Eq. 16); `batch_size` edits per padded batch
-    (None: hp.batch_size; 0: all at once; 1: serial)."""
+    """zᵢ for every request at block `layer` (Eq. 16); about `batch_size` edits per padded batch
+    (None: hp.batch_size; 0: all at once; 1: serial). Edits of one key group (`key_group`) share
+    one δ — their keys are identical, so Eq. 14 can only give them one value — and stay in one batch."""
     t0 = time.perf_counter()
     templates = ensure_bare(context_templates)
     n = len(requests)
     chunk = hp.batch_size if batch_size is None else batch_size
     chunk = n if chunk <= 0 else chunk
-    parts = []
-    n_chunks = (n + chunk - 1) // chunk
-    for c, start in enumerate(range(0, n, chunk)):
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(key_group(r), []).append(i)
+    chunks, cur = [], []
+    for members in groups.values():
+        cur += members
+        if len(cur) >= chunk:
+            chunks.append(cur)
+            cur = []
+    chunks += [cur] if cur else []
+    z, h = torch.zeros(n, handle.d_model), torch.zeros(n, handle.d_model)
+    out = {k: [0.0] * n for k in ("loss", "nll", "kl")}
+    out["steps"] = [0] * n
+    tokens = forwards = 0
+    for c, idx in enumerate(chunks):
         def step_progress(step, c=c):
             if progress is not None:
-                progress(c * hp.v_steps + step, n_chunks * hp.v_steps, "targets")
-        parts.append(_optimise(handle, requests[start:start + chunk], layer, templates, hp, step_progress))
-    cat = lambda k: [x for p in parts for x in p[k]]  # noqa: E731
-    return TargetResult(z=torch.cat([p["z"] for p in parts]), h=torch.cat([p["h"] for p in parts]),
-                        loss=cat("loss"), nll=cat("nll"), kl=cat("kl"), steps=cat("steps"),
-                        seconds=time.perf_counter() - t0, tokens=sum(p["tokens"] for p in parts),
-                        forwards=sum(p["forwards"] for p in parts))
+                progress(c * hp.v_steps + step, len(chunks) * hp.v_steps, "targets")
+        part = _optimise(handle, [requests[i] for i in idx], layer, templates, hp, step_progress)
+        z = z.to(part["z"].device)
+        h = h.to(part["h"].device)
+        z[idx], h[idx] = part["z"], part["h"]
+        for k in out:
+            for i, x in zip(idx, part[k]):
+                out[k][i] = x
+        tokens, forwards = tokens + part["tokens"], forwards + part["forwards"]
+    return TargetResult(z=z, h=h, loss=out["loss"], nll=out["nll"], kl=out["kl"], steps=out["steps"],
+                        seconds=time.perf_counter() - t0, tokens=tokens, forwards=forwards)
 
 
-def _build_rows(tokenizer, requests, templates):
-    """All rows of one batch: P rewriting rows per edit (prompt + target) and one KL row."""
+def _build_rows(tokenizer, requests, templates, group):
+    """All rows of one batch: P rewriting rows per edit (prompt + target), one KL row per group."""
     rows, subj, edit, tgt = [], [], [], []          # tgt: (row, logit pos, token, weight)
-    bare_row, kl_row = [], []
+    bare_row, kl_row = [], {}
     P = len(templates)
     for e, req in enumerate(requests):
         for j, c in enumerate(templates):
@@ -187,50 +210,55 @@ def _build_rows(tokenizer, requests, templates):
             w = 1.0 / (P * len(enc["tgt_ids"]))     # mean over tokens, then over prompts
             tgt += [(len(rows), p, t, w) for p, t in zip(enc["tgt_pos"], enc["tgt_ids"])]
             rows.append(enc["ids"]), subj.append(enc["subj"]), edit.append(e)
-        text, c0, c1 = place(KL_TEMPLATE, "{}", req.subject)
-        enc = encode(tokenizer, text, c0, c1)
-        kl_row.append(len(rows))
-        rows.append(enc["ids"]), subj.append(enc["subj"]), edit.append(e)
-    return rows, subj, edit, tgt, bare_row, kl_row
+        if group[e] not in kl_row:
+            text, c0, c1 = place(KL_TEMPLATE, "{}", req.subject)
+            enc = encode(tokenizer, text, c0, c1)
+            kl_row[group[e]] = len(rows)
+            rows.append(enc["ids"]), subj.append(enc["subj"]), edit.append(e)
+    return rows, subj, edit, tgt, bare_row, [kl_row[g] for g in range(len(kl_row))]
 
 
 def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
-    """One padded batch of edits through v_steps of Adam (see module docstring)."""
+    """One padded batch of edits through v_steps of Adam (see module docstring); one δ per group."""
     dev = handle.device
-    rows, subj, edit, tgt, bare_row, kl_row = _build_rows(handle.tokenizer, requests, templates)
+    keys: dict[tuple, int] = {}
+    group = [keys.setdefault(key_group(r), len(keys)) for r in requests]            # edit -> group
+    rows, subj, edit, tgt, bare_row, kl_row = _build_rows(handle.tokenizer, requests, templates, group)
     ids_all, mask_all, pads = pad_left(rows, handle.tokenizer.pad_token_id, dev)
     subj_all = torch.tensor([s + p for s, p in zip(subj, pads)], device=dev)          # (R,)
-    row_edit = torch.tensor(edit, device=dev)                                       # (R,)
+    edit_group = torch.tensor(group, device=dev)                                    # (n,)
+    row_group = edit_group[torch.tensor(edit, device=dev)]                          # (R,)
+    row_edit = torch.tensor(edit, device=dev)
     t_row = torch.tensor([t[0] for t in tgt], device=dev)
     t_pos = torch.tensor([t[1] + pads[t[0]] for t in tgt], device=dev)
     t_ids = torch.tensor([t[2] for t in tgt], device=dev)
     t_w = torch.tensor([t[3] for t in tgt], device=dev, dtype=torch.float32)
     bare_row, kl_row = torch.tensor(bare_row, device=dev), torch.tensor(kl_row, device=dev)
 
-    n, d = len(requests), handle.d_model
-    delta = torch.zeros(n, d, device=dev, requires_grad=True)                     # δ (n, d)
-    m, v = torch.zeros(n, d, device=dev), torch.zeros(n, d, device=dev)           # Adam moments
-    t_adam = torch.zeros(n, device=dev)
-    active = torch.ones(n, dtype=torch.bool, device=dev)
+    n, G, d = len(requests), len(keys), handle.d_model
+    delta = torch.zeros(G, d, device=dev, requires_grad=True)                     # δ (G, d)
+    m, v = torch.zeros(G, d, device=dev), torch.zeros(G, d, device=dev)           # Adam moments
+    t_adam = torch.zeros(G, device=dev)
+    active = torch.ones(G, dtype=torch.bool, device=dev)
     h0 = kl_init = h_cache = None                                                  # h_cache (R, T, d)
     loss_f, nll_f, kl_f = torch.zeros(n), torch.zeros(n), torch.zeros(n)
-    steps = torch.zeros(n, dtype=torch.long)
+    steps = torch.zeros(G, dtype=torch.long)
     n_tokens = n_forwards = 0
     with handle.lock:
         for it in range(hp.v_steps):
-            act = active.nonzero().squeeze(1)                                       # active edits
-            sel = active[row_edit].nonzero().squeeze(1)                             # their rows
+            act = active.nonzero().squeeze(1)                                       # active groups
+            sel = active[row_group].nonzero().squeeze(1)                            # their rows
             remap = torch.full((len(rows),), -1, device=dev, dtype=torch.long)
             remap[sel] = torch.arange(len(sel), device=dev)
             ids, mask = ids_all[sel], mask_all[sel]
             cut = int((mask.sum(0) > 0).nonzero()[0])                               # drop all-pad columns
             ids, mask = ids[:, cut:], mask[:, cut:]
             n_tokens, n_forwards = n_tokens + int(mask.sum()), n_forwards + 1
-            tsel = active[row_edit[t_row]].nonzero().squeeze(1)
+            tsel = active[row_group[t_row]].nonzero().squeeze(1)
             tr, tp = remap[t_row[tsel]], t_pos[tsel] - cut
             kr = remap[kl_row[act]]
             pos = subj_all[sel] - cut
-            d_rows = delta[row_edit[sel]]                                           # (B, d)
+            d_rows = delta[row_group[sel]]                                          # (B, d)
             batch = torch.arange(len(sel), device=dev)
             if h_cache is None:                          # step 0: full forward, keep hᴸ of all rows
                 with handle.model.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
@@ -258,20 +286,25 @@ def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
                 1, t_ids[tsel].unsqueeze(1)).squeeze(1)                             # (N_tok,)
             kl_lp = head(handle)(h_kl).float().log_softmax(-1)                      # (n_act, V)
             if h0 is None:                                                           # step 0: all active
-                h0 = h_cache[bare_row, subj_all[bare_row]].float()                  # (n, d) hᴸ
+                h_edit = h_cache[bare_row, subj_all[bare_row]].float()              # (n, d) hᴸ per edit
+                h0 = torch.zeros(G, d, device=dev).index_copy(0, edit_group, h_edit)   # (G, d)
                 kl_init = kl_lp.detach()                                            # log p_0
-            # loss per active edit (act order): NLL + KL + weight decay
-            local = torch.full((n,), -1, device=dev, dtype=torch.long)
+            # loss per active group: Σ its edits' NLL + KL + weight decay (= the edit's loss alone)
+            local = torch.full((G,), -1, device=dev, dtype=torch.long)
             local[act] = torch.arange(len(act), device=dev)
-            nll = torch.zeros(len(act), device=dev).index_add(
-                0, local[row_edit[t_row[tsel]]], -tok_lp * t_w[tsel])
+            e_act = active[edit_group].nonzero().squeeze(1)                         # active edits
+            nll_e = torch.zeros(n, device=dev).index_add(0, row_edit[t_row[tsel]], -tok_lp * t_w[tsel])
+            nll = torch.zeros(len(act), device=dev).index_add(0, local[edit_group[e_act]], nll_e[e_act])
             kl = hp.kl_factor * (kl_lp.exp() * (kl_lp - kl_init[act])).sum(-1)
             wd = hp.v_weight_decay * delta[act].norm(dim=1) / h0[act].norm(dim=1) ** 2
             loss = nll + kl + wd
-            a_cpu = act.cpu()
-            loss_f[a_cpu], nll_f[a_cpu], kl_f[a_cpu] = (loss.detach().cpu(), nll.detach().cpu(),
-                                                       kl.detach().cpu())
-            done = loss.detach() < hp.v_loss_tol
+            per_edit = (nll_e[e_act] + (kl + wd)[local[edit_group[e_act]]]).detach()
+            e_cpu = e_act.cpu()
+            loss_f[e_cpu], nll_f[e_cpu] = per_edit.cpu(), nll_e[e_act].detach().cpu()
+            kl_f[e_cpu] = kl.detach()[local[edit_group[e_act]]].cpu()
+            worst = torch.full((len(act),), -float("inf"), device=dev).scatter_reduce(
+                0, local[edit_group[e_act]], per_edit, reduce="amax")
+            done = worst < hp.v_loss_tol                                            # every edit below tol
             step_progress(it + 1)
             if it == hp.v_steps - 1 or bool(done.all()):
                 break
@@ -282,9 +315,10 @@ def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
             _clamp(delta, h0, upd, hp.clamp_norm_factor)
             steps[upd.cpu()] += 1
             active[act[done]] = False
-    z = (h0 + delta.detach()).float()
-    return {"z": z, "h": h0.float(), "loss": loss_f.tolist(), "nll": nll_f.tolist(),
-            "kl": kl_f.tolist(), "steps": steps.tolist(), "tokens": n_tokens, "forwards": n_forwards}
+    z = (h0 + delta.detach())[edit_group].float()
+    return {"z": z, "h": h0[edit_group].float(), "loss": loss_f.tolist(), "nll": nll_f.tolist(),
+            "kl": kl_f.tolist(), "steps": steps[edit_group.cpu()].tolist(), "tokens": n_tokens,
+            "forwards": n_forwards}
 
 
 @torch.no_grad()

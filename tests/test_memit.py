@@ -372,3 +372,20 @@ def test_generated_context_templates_are_seeded(tiny_handle):
     assert a[0] == "{}" and len(a) == 4 and all(t.endswith(". {}") and t.count("{}") == 1 for t in a[1:])
     assert a[1].startswith("The") and a[2].startswith("Therefore")
     assert a != generate_context_templates(tiny_handle, 3, 6, seed=1)
+
+
+def test_edits_with_the_same_subject_key_share_one_delta(corpus):
+    """Two relations of one subject at the start of the prompt have identical keys; they get one
+    z (optimised for both), batched and serially alike."""
+    from core.requests import EditRequest
+
+    h = make_tiny_handle("gpt2")
+    hp = small_hparams(corpus, v_loss_tol=0.0)
+    reqs = [EditRequest("{} plays the", "Miles Davis", "chess"), REQUESTS[1],
+            EditRequest("{} works for", "Miles Davis", "Toyota"),
+            EditRequest("The teacher of {} is", "Miles Davis", "Kara")]        # other key: own δ
+    b = compute_targets(h, reqs, 1, hp.context_templates, hp, batch_size=0)
+    s = compute_targets(h, reqs, 1, hp.context_templates, hp, batch_size=1)
+    assert torch.equal(b.z[0], b.z[2]) and not torch.allclose(b.z[0], b.z[3])
+    assert torch.allclose(b.z, s.z, atol=1e-5, rtol=1e-4)
+    assert b.loss[0] != b.loss[2]                                                # own NLL per edit

@@ -92,3 +92,21 @@ def test_zsre_token_accuracies(tiny_handle):
     assert df.iloc[0].efficacy == pytest.approx(eff) and df.iloc[0].specificity == pytest.approx(spec)
     s = summarize_zsre(df)
     assert s["efficacy"] == pytest.approx(eff * 100) and s["n"] == 1
+
+
+def test_neighbours_edited_under_the_same_relation_can_be_left_out(tiny_handle):
+    from core.metrics import edited_neighbours
+
+    a = EditRequest("{} plays the", "Miles Davis", "chess", "trumpet", relation_id="P1",
+                    neighborhood_prompts=("Kara Selwyn plays the", "Orla plays the"))
+    b = EditRequest("{} plays the", "Kara Selwyn", "golf", "piano", relation_id="P1",
+                    neighborhood_prompts=("Miles Davis plays the",))
+    c = EditRequest("{} works for", "Orla", "Toyota", "Brightwell", relation_id="P2")
+    assert edited_neighbours([a, b, c]) == [{0}, {0}, set()]
+    df = counterfact_scores(tiny_handle, [a, b, c], exclude_edited_neighbours=True)
+    full = counterfact_scores(tiny_handle, [a, b, c])
+    assert df.n_neighbours_excluded.tolist() == [1, 1, 0] and math.isnan(df.NS[1])
+    n_orla = plain_nll_and_top1(tiny_handle, "Orla plays the", "chess")[0] > \
+        plain_nll_and_top1(tiny_handle, "Orla plays the", "trumpet")[0]
+    assert df.NS[0] == float(n_orla) and not math.isnan(full.NS[1])
+    assert summarize(df)["neighbours_excluded"] == 2

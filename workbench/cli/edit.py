@@ -122,6 +122,9 @@ def register(sub) -> None:
     e.add_argument("--dataset", default=None, metavar="CF.json",
                    help="CounterFact-format JSON (default assets/world/counterfact.json)")
     e.add_argument("--n", type=int, default=100, help="number of edits (default 100)")
+    e.add_argument("--all-neighbours", action="store_true",
+                   help="count every neighbourhood prompt in NS, also those about subjects this batch "
+                   "edits under the same relation (excluded by default: their true object changes on purpose)")
     add_model_args(e)
     add_hparam_args(e)
     add_json_arg(e)
@@ -216,11 +219,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     hp = hparams_from_args(handle, args)
     progress = TqdmProgress()
     t0 = time.perf_counter()
-    pre = summarize(counterfact_scores(handle, requests, progress=progress))
+    exclude = not args.all_neighbours
+    pre = summarize(counterfact_scores(handle, requests, progress=progress, exclude_edited_neighbours=exclude))
     t1 = time.perf_counter()
     applied = edit(handle, requests, method=args.method, hparams=hp, progress=progress)
     t2 = time.perf_counter()
-    post = summarize(counterfact_scores(handle, applied.result.requests, progress=progress))
+    post = summarize(counterfact_scores(handle, applied.result.requests, progress=progress,
+                                        exclude_edited_neighbours=exclude))
     t3 = time.perf_counter()
     revert(handle, applied)
     progress.close()
@@ -232,11 +237,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           "post": {k: post[k] for k in ("EM", "PM", "NM")}},
            "seconds": dict(applied.result.timings, edit=t2 - t1, pre_eval=t1 - t0, post_eval=t3 - t2,
                            total=t3 - t0),
+           "neighbours_excluded": post.get("neighbours_excluded", 0),
            "hparams": applied.result.hparams, "skipped": len(skipped), "notes": applied.result.notes}
     write_json(out, args.json)
     if args.json != "-":
         for note in applied.result.notes:
             print(f"note: {note}")
-        print(f"{out['n']} edits in layers {out['layers']} ({t2 - t1:.1f} s; {len(skipped)} records skipped)")
+        print(f"{out['n']} edits in layers {out['layers']} ({t2 - t1:.1f} s; {len(skipped)} records skipped; "
+              f"{out['neighbours_excluded']} neighbourhood prompts about subjects edited under the same "
+              "relation left out of NS)")
         print_scores(pre, post, keys)
     return 0
