@@ -6,7 +6,9 @@ weights (edit → metrics → bit-exact revert), plus the unedited model as a re
 plots ES/PS/NS/S and GE against n on a log axis, with the unedited model as the dotted line.
 Every row: method, n, ES, PS, NS, S (percent), GE (bits, mean n-gram entropy of sampled text
 about the first `gen_sample` subjects), RS (TF-IDF cosine ·100, when reference texts are
-given), seconds (computing the edit), the ΔW norms.
+given), seconds (computing the edit), the ΔW norms. NS leaves out, by default, neighbourhood
+prompts about subjects the same batch edits under the same relation (their true object changes on
+purpose; `core.metrics.edited_neighbours`); `neighbours_excluded` counts them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from core.rome import rome_hparams
 DEFAULT_METHODS = ("memit", "rome", "ft")
 REFERENCE = "unedited"
 COLUMNS = ["method", "n", "ES", "PS", "NS", "S", "GE", "RS", "EM", "PM", "NM", "seconds",
-           "delta_norm", "relative_norm", "layers"]
+           "delta_norm", "relative_norm", "layers", "neighbours_excluded"]
 
 
 @dataclass
@@ -62,9 +64,9 @@ def check_methods(methods) -> list[str]:
 
 
 def evaluate(handle, requests, *, gen_sample: int = 10, references=None, max_new_tokens: int = 40,
-             seed: int = 0) -> tuple[dict, pd.DataFrame]:
+             seed: int = 0, exclude_edited_neighbours: bool = True) -> tuple[dict, pd.DataFrame]:
     """CounterFact scores of the live model on `requests` (+ GE/RS on the first `gen_sample`)."""
-    per_edit = counterfact_scores(handle, requests)
+    per_edit = counterfact_scores(handle, requests, exclude_edited_neighbours=exclude_edited_neighbours)
     summary = summarize(per_edit)
     if gen_sample > 0:
         gen = generation_metrics(handle, requests[:gen_sample], references=references,
@@ -77,7 +79,8 @@ def evaluate(handle, requests, *, gen_sample: int = 10, references=None, max_new
 
 def _row(method, n, summary, seconds=None, result=None) -> dict:
     row = {"method": method, "n": n, **{k: summary.get(k) for k in ("ES", "PS", "NS", "S", "GE", "RS", "EM", "PM", "NM")},
-           "seconds": seconds, "delta_norm": None, "relative_norm": None, "layers": None}
+           "seconds": seconds, "delta_norm": None, "relative_norm": None, "layers": None,
+           "neighbours_excluded": summary.get("neighbours_excluded", 0)}
     if result is not None:
         row.update(delta_norm=sum(result.delta_norms.values()),
                    relative_norm=max(result.relative_norms.values()),
@@ -93,7 +96,8 @@ def _stage(progress, label):
 
 def compare_methods(handle, requests, methods=DEFAULT_METHODS, *, hparams: dict | None = None,
                     base_hparams=None, gen_sample: int = 10, references=None, seed: int = 0,
-                    cov_cache_dir=None, progress=None, reference_row: bool = True) -> Comparison:
+                    cov_cache_dir=None, progress=None, reference_row: bool = True,
+                    exclude_edited_neighbours: bool = True) -> Comparison:
     """Each method on the same batch and the same unedited weights (see module docstring).
 
     hparams: {method: hyperparameters} overriding `method_hparams(handle, m, base_hparams)`.
@@ -109,7 +113,8 @@ def compare_methods(handle, requests, methods=DEFAULT_METHODS, *, hparams: dict 
     rows = []
     if reference_row:
         summary, out.per_edit[REFERENCE] = evaluate(handle, requests, gen_sample=gen_sample,
-                                                    references=references, seed=seed)
+                                                    references=references, seed=seed,
+                                                    exclude_edited_neighbours=exclude_edited_neighbours)
         rows.append(_row(REFERENCE, len(requests), summary))
     for m in methods:
         hp = hparams.get(m) or method_hparams(handle, m, base_hparams)
@@ -120,7 +125,8 @@ def compare_methods(handle, requests, methods=DEFAULT_METHODS, *, hparams: dict 
         applied = apply_edit(handle, result)
         try:
             summary, out.per_edit[m] = evaluate(handle, result.requests, gen_sample=gen_sample,
-                                                references=references, seed=seed)
+                                                references=references, seed=seed,
+                                                exclude_edited_neighbours=exclude_edited_neighbours)
         finally:
             revert(handle, applied)
         if read_layer_hashes(handle, range(handle.n_layers)) != start_state:
@@ -146,7 +152,7 @@ def check_sizes(sizes, available: int) -> list[int]:
 
 def run_scaling(handle, pool, sizes=(1, 10, 100, 1000), methods=DEFAULT_METHODS, *, hparams: dict | None = None,
                 base_hparams=None, gen_sample: int = 10, references=None, seed: int = 0,
-                cov_cache_dir=None, progress=None) -> pd.DataFrame:
+                cov_cache_dir=None, progress=None, exclude_edited_neighbours: bool = True) -> pd.DataFrame:
     """For each n in `sizes`: the first n requests of `pool`, each method from the unedited
     weights (reverted in between), plus the unedited model's scores → one row per (method, n)."""
     pool = list(pool)
@@ -156,7 +162,8 @@ def run_scaling(handle, pool, sizes=(1, 10, 100, 1000), methods=DEFAULT_METHODS,
     for i, n in enumerate(sizes):
         comp = compare_methods(handle, pool[:n], methods, hparams=hparams, base_hparams=base_hparams,
                                gen_sample=min(gen_sample, n), references=references, seed=seed,
-                               cov_cache_dir=cov_cache_dir, progress=_stage(progress, f"size {i + 1}/{len(sizes)}"))
+                               cov_cache_dir=cov_cache_dir, progress=_stage(progress, f"size {i + 1}/{len(sizes)}"),
+                               exclude_edited_neighbours=exclude_edited_neighbours)
         frames.append(comp.table)
     return pd.concat(frames, ignore_index=True)
 

@@ -143,3 +143,19 @@ def test_scaling_and_comparison_charts():
     bars = comparison_bars(df[df["n"] == 10])
     assert [t.name for t in bars.data] == ["unedited", "MEMIT", "ROME"]
     assert list(bars.data[2].y) == [60.0, 50.0, 55.0, 55.0]
+
+
+def test_neighbours_edited_in_the_same_batch_are_left_out_of_ns(tiny_handle, hp):
+    same_relation = [
+        EditRequest(prompt="{} plays the", subject="Miles Davis", target_new="chess", target_true="trumpet",
+                    neighborhood_prompts=("Orla Venn Marquez plays the", "Kara Selwyn plays the")),
+        EditRequest(prompt="{} plays the", subject="Kara Selwyn", target_new="piano", target_true="chess",
+                    neighborhood_prompts=("Orla Venn Marquez plays the",)),
+    ]
+    kept = compare_methods(tiny_handle, same_relation, ["ft"], base_hparams=hp, gen_sample=0).table
+    assert list(kept["neighbours_excluded"]) == [1, 1]
+    every = compare_methods(tiny_handle, same_relation, ["ft"], base_hparams=hp, gen_sample=0,
+                            exclude_edited_neighbours=False).table
+    assert list(every["neighbours_excluded"]) == [0, 0]
+    direct = summarize(counterfact_scores(tiny_handle, same_relation, exclude_edited_neighbours=True))
+    assert kept.loc[0, "NS"] == direct["NS"]

@@ -110,6 +110,9 @@ def register(sub) -> None:
         p.add_argument("--ft-lr", type=float, default=None, help="FT-W learning rate (default 5e-4)")
         p.add_argument("--gen-sample", type=int, default=10, metavar="N",
                        help="subjects to generate text about for GE/RS (0: skip; default 10)")
+        p.add_argument("--all-neighbours", action="store_true",
+                       help="count every neighbourhood prompt in NS, also those about subjects the batch "
+                       "edits under the same relation (left out by default)")
         p.add_argument("--png", default=None, metavar="F", help="write the chart as PNG")
         add_model_args(p)
         add_json_arg(p)
@@ -256,7 +259,8 @@ def cmd_compare(args) -> int:
     requests = read_requests(args.edits)
     handle, base, per, methods, refs, progress = _setup(args)
     comp = compare_methods(handle, requests, methods, hparams=per, base_hparams=base,
-                           gen_sample=args.gen_sample, references=refs, progress=progress)
+                           gen_sample=args.gen_sample, references=refs, progress=progress,
+                           exclude_edited_neighbours=not args.all_neighbours)
     progress.close()
     write_json({"model": handle.name, "n": len(requests), "methods": methods,
                 "rows": comp.table.to_dict(orient="records"),
@@ -283,7 +287,7 @@ def cmd_scale(args) -> int:
     pool = demo_pool(max(sizes) if sizes else None, args.dataset)
     handle, base, per, methods, refs, progress = _setup(args)
     df = run_scaling(handle, pool, sizes, methods, hparams=per, base_hparams=base, gen_sample=args.gen_sample,
-                     references=refs, progress=progress)
+                     references=refs, progress=progress, exclude_edited_neighbours=not args.all_neighbours)
     progress.close()
     write_json({"model": handle.name, "sizes": sizes, "methods": methods, "rows": df.to_dict(orient="records"),
                 "hparams": {"memit": base.to_dict(), "rome": per["rome"].to_dict(), "ft": per["ft"].to_dict()}},
