@@ -11,8 +11,10 @@ with Adam, ‖δᵢ‖ clamped to clamp_norm_factor·‖hᵢᴸ‖ after each st
 is below v_loss_tol (as the public implementation does, one edit at a time). Here all edits of
 a batch × all their prompts form ONE padded forward per step: rows never interact, so edit i's
 gradient is exactly its own; Adam is kept per edit (own step count), so an edit that stops early
-stops moving. `batch_size=1` runs the same code one edit at a time (the serial mode, for checks
-and benchmarks). Interventions go through nnsight; the forward stops after the final norm and
+stops moving. Edits whose subject keys coincide (same subject after the same text, e.g. two
+relations of "{} …" prompts: `key_group`) share one δ, optimised for the sum of their NLLs — Eq. 14
+can give one key only one value. `batch_size=1` runs the same code one key group at a time (the
+serial mode, for checks and benchmarks). Interventions go through nnsight; the forward stops after the final norm and
 the head is applied to the target and KL positions only; after the first step blocks 0 … L are
 skipped (nothing there depends on δ) and block L's cached output + δ is fed to block L+1.
 """
