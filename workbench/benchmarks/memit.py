@@ -31,8 +31,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--serial-max", type=int, default=None, metavar="N",
                    help="time serial z on at most N edits per size (default: all)")
     p.add_argument("--steps", type=int, default=None, help="z optimisation steps (default: the preset's)")
-    p.add_argument("--batch-size", type=int, default=0, metavar="N",
-                   help="edits per batched z batch (default 0 = all n at once)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="edits per batched z batch (default: the preset's; 0 = all n at once)")
     p.add_argument("--cov-samples", type=int, default=1000, metavar="N",
                    help="corpus records for the covariance throughput (default 1000)")
     p.add_argument("--dataset", default=None, help="CounterFact JSON for the requests "
@@ -77,6 +77,22 @@ def gptj_shaped_handle(n_layer: int, d: int, tokenizer_dir: str, device: str):
     with torch.device(device):
         model = GPTJForCausalLM(config).to(dtype)
     return wrap_model(model, tok, name=f"random-gptj-{n_layer}x{d}")
+
+
+def _whole_groups(requests, k: int) -> list[int]:
+    """Indices of the first key groups (edits sharing one δ) holding at least k edits: a serial
+    run on them optimises exactly what the batched run did for them."""
+    from core.targets import key_group
+
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(key_group(r), []).append(i)
+    idx: list[int] = []
+    for members in groups.values():
+        if len(idx) >= k:
+            break
+        idx += members
+    return sorted(idx)
 
 
 def _peak_rss_mb() -> float:
@@ -143,11 +159,12 @@ def run(args: argparse.Namespace) -> dict:
     for n in sizes:
         reqs = requests[:n]
         batched = compute_targets(handle, reqs, L, templates, hp, batch_size=args.batch_size)
-        k = n if args.serial_max is None else max(1, min(n, args.serial_max))
-        serial = compute_targets(handle, reqs[:k], L, templates, hp, batch_size=1)
+        idx = _whole_groups(reqs, n if args.serial_max is None else max(1, min(n, args.serial_max)))
+        k = len(idx)
+        serial = compute_targets(handle, [reqs[i] for i in idx], L, templates, hp, batch_size=1)
         row = {"n": n, "batched_s_per_edit": batched.seconds / n, "serial_s_per_edit": serial.seconds / k,
                "serial_edits": k, "batched_s": batched.seconds, "serial_s": serial.seconds,
-               "z_max_abs_diff": float((batched.z[:k] - serial.z).abs().max()),
+               "z_max_abs_diff": float((batched.z[idx].to(serial.z.device) - serial.z).abs().max()),
                "mean_steps": sum(batched.steps) / n, "batched_forwards": batched.forwards}
         row["ratio"] = row["serial_s_per_edit"] / row["batched_s_per_edit"]
         if cuda and peak:
@@ -164,7 +181,8 @@ def run(args: argparse.Namespace) -> dict:
               flush=True)
     out = {"model": handle.name, "device": str(handle.device), "dtype": str(handle.dtype).replace("torch.", ""),
            "n_params": handle.n_params, "layers": hp.layers, "z_layer": L, "v_steps": hp.v_steps,
-           "context_prompts": len(templates), "batch_size": args.batch_size, "z": rows,
+           "context_prompts": len(templates), "batch_size": hp.batch_size if args.batch_size is None
+           else args.batch_size, "z": rows,
            "update_s": update_s, "context_s": context_s, "cov_tokens_per_s": n_tok / cov_s,
            "cov_tokens": n_tok, "cov_s": cov_s, "peak_rss_mb": _peak_rss_mb(),
            "threads": torch.get_num_threads()}
