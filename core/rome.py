@@ -22,7 +22,7 @@ import torch
 
 from core.covariance import layer_covariances
 from core.hparams import MemitHparams, preset_for
-from core.memit import EditResult, keys_and_hidden, to_layout
+from core.memit import EditResult, keys_and_hidden, prepare_context_and_stats, to_layout
 from core.requests import EditRequest, validate_requests
 from core.targets import compute_targets, ensure_bare, generate_context_templates
 
@@ -67,17 +67,8 @@ def execute_rome(handle, requests: list[EditRequest], hparams: MemitHparams | No
         notes.append(f"ROME edits one layer: layer {layer}, the middle of R = {hparams.layers}")
     timings = {}
 
-    t = time.perf_counter()
-    templates = ensure_bare(hp.context_templates) if hp.context_templates is not None else \
-        generate_context_templates(handle, hp.n_context, hp.context_length, hp.seed)
-    timings["context"] = time.perf_counter() - t
-    t = time.perf_counter()
-    stats = layer_covariances(handle, [layer], corpus=hp.corpus, n_samples=hp.n_samples,
-                              dtype=hp.stats_dtype, batch_size=hp.stats_batch_size,
-                              max_tokens=hp.stats_max_tokens, cache_dir=cov_cache_dir)
-    timings["covariance"] = time.perf_counter() - t
-    if stats[layer].note:
-        notes.append(stats[layer].note)
+    templates, stats = prepare_context_and_stats(handle, hp, [layer], timings, notes,
+                                                 cov_cache_dir=cov_cache_dir)
     C = stats[layer].C
 
     weight = handle.mlp_out_weight(layer)
