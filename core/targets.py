@@ -15,8 +15,13 @@ stops moving. Edits whose subject keys coincide (same subject after the same tex
 relations of "{} …" prompts: `key_group`) share one δ, optimised for the sum of their NLLs — Eq. 14
 can give one key only one value. `batch_size=1` runs the same code one key group at a time (the
 serial mode, for checks and benchmarks). Interventions go through nnsight; the forward stops after the final norm and
-the head is applied to the target and KL positions only; after the first step blocks 0 … L are
-skipped (nothing there depends on δ) and block L's cached output + δ is fed to block L+1.
+the head is applied to the target and KL positions only. Nothing before δ depends on δ, so after
+the first step (δ = 0, the unedited model) only what follows it is recomputed:
+  * blocks 0 … L are skipped (nnsight `.skip`): block L's cached output + δ feeds block L+1;
+  * tokens before the earliest last-subject token of the batch are not fed again: blocks > L
+    read their keys and values from the first step's cache (HF `DynamicCache`, explicit
+    position ids). The context prefixes ("<text>. {}") are most of every row, so a step costs
+    about (prompt rest + target) tokens × (blocks after L) per row.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ from dataclasses import dataclass
 
 import torch
 
+from transformers import DynamicCache
+
 from core.arch import get_path
 from core.model import position_ids_for
 from core.requests import EditRequest
+from core.tracing_cache import cache_kv
 
 CONTEXT_STARTS = ("The", "Therefore", "Because", "I", "You")
 KL_TEMPLATE = "{} is a"
@@ -242,7 +250,7 @@ def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
     m, v = torch.zeros(G, d, device=dev), torch.zeros(G, d, device=dev)           # Adam moments
     t_adam = torch.zeros(G, device=dev)
     active = torch.ones(G, dtype=torch.bool, device=dev)
-    h0 = kl_init = h_cache = None                                                  # h_cache (R, T, d)
+    h0 = kl_init = h_cache = kv = None          # h_cache (R, T, d); kv: per block (keys, values) of step 0
     loss_f, nll_f, kl_f = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     steps = torch.zeros(G, dtype=torch.long)
     n_tokens = n_forwards = 0
@@ -263,7 +271,10 @@ def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
             d_rows = delta[row_group[sel]]                                          # (B, d)
             batch = torch.arange(len(sel), device=dev)
             if h_cache is None:                          # step 0: full forward, keep hᴸ of all rows
-                with handle.model.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
+                assert cut == 0                          # all rows active: the widest has no padding
+                cache0 = DynamicCache(config=handle.config)
+                with handle.model.trace({"input_ids": ids, "attention_mask": mask},
+                                        cache=cache0, use_cache=True) as tracer:
                     out = handle.layer(layer).output                                 # (B, T, d)
                     h_full = out.detach().clone().save()
                     new = out.clone()
@@ -274,16 +285,26 @@ def _optimise(handle, requests, layer, templates, hp, step_progress) -> dict:
                     h_kl = normed[kr, pos[kr]].save()                               # (n_act, d)
                     tracer.stop()                                # the head runs on these rows only
                 h_cache = h_full
-            else:                                        # blocks ≤ L do not depend on δ: skip them
-                start = h_cache[sel][:, cut:].clone()                               # (B, T, d)
-                start[batch, pos] = start[batch, pos] + d_rows.to(start.dtype)
-                with handle.model.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
+                kv = cache_kv(cache0, ids.shape[1])      # None (sliding window …): feed every token
+                kv = None if kv is None else [(k.detach(), v.detach()) for k, v in kv]
+            else:                                        # blocks ≤ L and tokens < c do not depend on δ
+                c = int(pos.min()) if kv is not None else 0                         # first token fed
+                kwargs = {}
+                if c > 0:   # tokens cut … cut+c−1 of every row: keys/values of step 0 (δ = 0 there)
+                    kwargs = {"use_cache": True, "position_ids": position_ids_for(mask)[:, c:],
+                              "cache": DynamicCache(config=handle.config, ddp_cache_data=[
+                                  (k[sel][:, :, cut:cut + c], v[sel][:, :, cut:cut + c]) for k, v in kv])}
+                start = h_cache[sel][:, cut + c:].clone()                           # (B, T−c, d)
+                start[batch, pos - c] = start[batch, pos - c] + d_rows.to(start.dtype)
+                with handle.model.trace({"input_ids": ids[:, c:], "attention_mask": mask},
+                                        **kwargs) as tracer:
                     for j in range(layer + 1):
                         handle.layer(j).skip(start)
-                    normed = final_norm(handle).output
-                    h_tok = normed[tr, tp].save()
-                    h_kl = normed[kr, pos[kr]].save()
+                    normed = final_norm(handle).output                              # (B, T−c, d)
+                    h_tok = normed[tr, tp - c].save()
+                    h_kl = normed[kr, pos[kr] - c].save()
                     tracer.stop()
+                n_tokens -= int(mask[:, :c].sum())               # count only the tokens fed
             tok_lp = head(handle)(h_tok).float().log_softmax(-1).gather(
                 1, t_ids[tsel].unsqueeze(1)).squeeze(1)                             # (N_tok,)
             kl_lp = head(handle)(h_kl).float().log_softmax(-1)                      # (n_act, V)

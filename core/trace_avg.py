@@ -29,7 +29,8 @@ import torch
 from core.errors import BadInputError, WorkbenchError
 from core.layer_select import LayerSuggestion, suggest_layers
 from core.subject import locate_subject
-from core.tracing import KINDS, TraceSettings, answer_token, check_kind, prepare_trace, run_grid
+from core.tracing import (KINDS, TraceSettings, answer_token, check_kind, prepare_trace, resolve_settings,
+                          run_grid)
 from core.tracing_severed import run_severed
 
 CATEGORIES = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
@@ -176,7 +177,7 @@ def average_traces(handle, facts: list[Fact], *, n: int | None = None, kinds=KIN
     traced fact ("tracing").
     """
     kinds = [check_kind(k) for k in kinds]
-    settings = (settings or TraceSettings()).validate()
+    settings = resolve_settings(settings, handle.n_layers)
     if n is not None and (int(n) != n or n < 1):
         raise BadInputError(f"must be an integer ≥ 1, got {n}", field="n")
     if not facts:

@@ -22,7 +22,7 @@ The severed-path trace (Figure 3) is in `core.tracing_severed`; averages over ma
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -46,7 +46,10 @@ class TraceSettings:
     sigma:     the scale the noise multiplies; None → std of this prompt's subject-token
                embeddings; pass 1.0 to make `noise` an absolute standard deviation.
     samples:   noisy copies of the prompt (10 in the paper); scores average over them.
-    window:    layers restored together for "mlp"/"attn", centred on the layer (10 in the paper).
+    window:    layers restored together for "mlp"/"attn", centred on the layer. None → the
+               paper's 10 of GPT-J's 28 layers scaled to the model's depth (`default_window`):
+               10 for ≥ 27 layers, 4 for GPT-2 small's 12, 3 for the 8-layer demo model — a
+               fixed 10 would restore nearly every layer of a shallow model at once.
     seed:      seed of the noise generator (same noise for every restoration).
     memory_mb: activation memory one batched forward may use; sets the chunk size.
     """
@@ -54,7 +57,7 @@ class TraceSettings:
     noise: float = 3.0
     sigma: float | None = None
     samples: int = 10
-    window: int = 10
+    window: int | None = None
     seed: int = 1
     memory_mb: float = 256.0
 
@@ -65,11 +68,26 @@ class TraceSettings:
             raise BadInputError(f"must be a number > 0, got {self.sigma}", field="sigma")
         if int(self.samples) != self.samples or self.samples < 1:
             raise BadInputError(f"must be an integer ≥ 1, got {self.samples}", field="samples")
-        if int(self.window) != self.window or self.window < 1:
+        if self.window is not None and (not _finite(self.window) or int(self.window) != self.window
+                                        or self.window < 1):
             raise BadInputError(f"must be an integer ≥ 1, got {self.window}", field="window")
         if not _finite(self.memory_mb) or self.memory_mb <= 0:
             raise BadInputError(f"must be > 0, got {self.memory_mb}", field="memory_mb")
         return self
+
+
+def default_window(n_layers: int) -> int:
+    """The paper's window (10 layers of GPT-J's 28, Appendix A) scaled to a model's depth:
+    round(10 · n_layers / 28), between 1 and 10."""
+    return max(1, min(10, round(10 * n_layers / 28)))
+
+
+def resolve_settings(settings: "TraceSettings | None", n_layers: int) -> "TraceSettings":
+    """Validated settings with the window filled in for a model of `n_layers` layers."""
+    settings = (settings or TraceSettings()).validate()
+    if settings.window is None:
+        settings = replace(settings, window=default_window(n_layers))
+    return settings
 
 
 def _finite(x) -> bool:
@@ -203,7 +221,7 @@ def prepare_trace(handle, prompt: str, subject: str, answer: str | None = None,
     batched grid starts its rows from them) and the MLP and attention outputs at the last
     subject token, which the severed-path trace freezes.
     """
-    settings = (settings or TraceSettings()).validate()
+    settings = resolve_settings(settings, handle.n_layers)
     input_ids, span = encode_prompt(handle, prompt, subject)
     answer_id = answer_token(handle, prompt, answer) if answer is not None else None
     S, L = settings.samples, handle.n_layers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.tracing import TraceSettings
+from core.tracing import TraceSettings, default_window
 from workbench import state, trace_flow, ui
 from workbench.charts import trace as charts
 
@@ -45,9 +45,10 @@ with st.expander("Trace settings"):
                             "deviation σ (the paper uses 3).")
     samples = k2.number_input("Noise samples", value=d.samples, min_value=1, key="trace_samples",
                               help="Noisy copies averaged per cell (the paper uses 10).")
-    window = k3.number_input("Window", value=d.window, min_value=1,
+    window = k3.number_input("Window", value=default_window(handle.n_layers), min_value=1,
                              key="trace_window", help="Layers restored together for MLP and "
-                             "attention (the paper uses 10).")
+                             "attention, centred on each layer. The paper restores 10 of GPT-J's "
+                             "28 layers; the default scales that to this model's depth.")
     seed = k4.number_input("Seed", value=d.seed, key="trace_seed", help="Seed of the noise.")
 settings = TraceSettings(noise=noise, samples=int(samples), window=int(window), seed=int(seed))
 

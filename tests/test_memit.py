@@ -97,7 +97,7 @@ def reference_z(handle, req, layer, templates, hp) -> torch.Tensor:
     return state["h"] + delta.detach()
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gptj", "gpt_neox", "qwen2"])
 def test_batched_z_equals_serial_and_plain_hook_reference(family, corpus):
     h = make_tiny_handle(family)
     hp = small_hparams(corpus, v_loss_tol=0.0)
@@ -107,6 +107,10 @@ def test_batched_z_equals_serial_and_plain_hook_reference(family, corpus):
     chunks = compute_targets(h, REQUESTS, 1, templates, hp, batch_size=3)
     assert batched.steps == serial.steps == [hp.v_steps - 1] * len(REQUESTS)
     assert (batched.z - batched.h).norm(dim=1).min() > 1e-3                     # δ really moved
+    # after step 0 (one full forward) only tokens from the earliest last-subject token on are fed
+    first = compute_targets(h, REQUESTS, 1, templates, hp.replace(v_steps=1), batch_size=0)
+    assert first.forwards == 1 and batched.forwards == hp.v_steps
+    assert batched.tokens < batched.forwards * first.tokens               # (equal without reuse)
     for other in (serial, chunks):
         assert torch.allclose(batched.z, other.z, atol=1e-5, rtol=1e-4)
         assert torch.allclose(torch.tensor(batched.loss), torch.tensor(other.loss), atol=1e-5)

@@ -30,7 +30,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", default="all", choices=["all", *KINDS],
                    help="what to restore (default all three kinds)")
     p.add_argument("--samples", type=int, default=10, help="noisy copies per cell (default 10)")
-    p.add_argument("--window", type=int, default=10, help="window for mlp/attn (default 10)")
+    p.add_argument("--window", type=int, default=None,
+                   help="layers restored together for mlp/attn (default: the paper's 10 of 28 layers "
+                   "scaled to the model's depth: 3 on the 8-layer demo model, 10 on GPT-J)")
     p.add_argument("--memory-mb", type=float, default=256.0,
                    help="activation memory per batched forward (default 256)")
     p.add_argument("--repeats", type=int, default=5,
@@ -116,6 +118,6 @@ def run(args: argparse.Namespace) -> dict:
         "model": handle.name, "device": str(handle.device), "dtype": str(handle.dtype).replace("torch.", ""),
         "threads": args.threads, "prompt": prompt, "subject": subject,
         "subject_span": [prep.span.start, prep.span.end], "n_tokens": prep.n_tokens,
-        "n_layers": handle.n_layers, "samples": settings.samples, "window": settings.window,
+        "n_layers": handle.n_layers, "samples": settings.samples, "window": prep.settings.window,
         "repeats": args.repeats,
     }

@@ -54,7 +54,9 @@ def add_trace_settings(p: argparse.ArgumentParser) -> None:
                    help="scale the noise multiplies (default: std of the subject-token embeddings; "
                    "1 makes --noise absolute)")
     g.add_argument("--samples", type=int, default=10, help="noisy copies per restoration (default 10)")
-    g.add_argument("--window", type=int, default=10, help="layers restored together for mlp/attn (default 10)")
+    g.add_argument("--window", type=int, default=None,
+                   help="layers restored together for mlp/attn (default: the paper's 10 of 28 layers "
+                   "scaled to the model's depth: 3 on the 8-layer demo model, 10 on GPT-J)")
     g.add_argument("--seed", type=int, default=1, help="noise seed (default 1)")
     g.add_argument("--memory-mb", type=float, default=256.0,
                    help="activation memory per batched forward (default 256)")
