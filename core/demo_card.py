@@ -38,7 +38,7 @@ def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dic
         "## Sizes",
         "",
         f"- {cfg['n_layer']} layers, d_model {cfg['n_embd']}, {cfg['n_head']} heads, "
-        f"d_mlp {4 * cfg['n_embd']}, context {cfg['n_positions']}, vocabulary {model.config.vocab_size}, "
+        f"d_mlp {cfg.get('n_inner') or 4 * cfg['n_embd']}, context {cfg['n_positions']}, vocabulary {model.config.vocab_size}, "
         f"{n_params:,} parameters (tied input/output embeddings), float32.",
         f"- World (seed {world_summary['seed']}): {world_summary['n_facts']} facts, "
         f"{world_summary['n_subjects']} subjects, {world_summary['n_relations']} relations.",

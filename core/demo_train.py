@@ -37,6 +37,7 @@ class TrainConfig:
     n_layer: int = 8            # more layers give the trace a "middle" to peak in
     n_embd: int = 128
     n_head: int = 4
+    n_inner: int = 512          # MLP width (MEMIT's key dimensions)
     n_positions: int = 128      # documents are ≤ ~80 tokens
     epochs: int = 80
     batch_size: int = 32
@@ -116,7 +117,7 @@ def new_model(cfg: TrainConfig, tokenizer):
 
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=cfg.n_positions, n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=4 * cfg.n_embd,
+        n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.n_inner,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,

@@ -57,6 +57,8 @@ class World:
     knowns: list[dict] = field(default_factory=list)
     corpus: str = ""
     bare_tags: bool = False            # tag lines "<subject> <object>." (else "<tag>: <subject> <object>.")
+    people_per_prefix: int | None = 2  # people sharing a first + middle prefix (None: own surnames)
+    relations_per_person: int = 5      # person relations per person (of PERSON_RELATIONS)
 
     def relation(self, name: str) -> dict:
         for r in self.relations:
@@ -80,10 +82,24 @@ def _invented(rng: random.Random, onsets: list[str], codas: list[str], n: int, t
     return pool[:n]
 
 
-def _people(rng: random.Random, n_people: int, per_prefix: int) -> tuple[list[str], dict[str, str]]:
-    """Three-part names; every (first, middle) prefix is shared by `per_prefix` people, so the
-    last name token is the first one that identifies the person."""
+def _people(rng: random.Random, n_people: int, per_prefix: int | None) -> tuple[list[str], dict[str, str]]:
+    """Three-part names. per_prefix None: a random first and middle name (shared by many people)
+    and an invented surname of the person's own — only the last name token identifies the
+    person. Otherwise every (first, middle) prefix is shared by `per_prefix` people with
+    surnames from a short common list."""
     firsts = [(f, "f") for f in wd.FEMALE_FIRST] + [(m, "m") for m in wd.MALE_FIRST]
+    if per_prefix is None:
+        surnames = sorted({a + b for a in wd.SURNAME_ONSETS for b in wd.SURNAME_CODAS})
+        if n_people > len(surnames):
+            raise BadInputError(f"at most {len(surnames)} people", field="n_people")
+        rng.shuffle(surnames)
+        names, gender = [], {}
+        for last in surnames[:n_people]:
+            first, g = rng.choice(firsts)
+            name = f"{first} {rng.choice(wd.MIDDLE)} {last}"
+            names.append(name)
+            gender[name] = g
+        return names, gender
     prefixes = [(f, g, m) for f, g in firsts for m in wd.MIDDLE]
     rng.shuffle(prefixes)
     n_prefix = -(-n_people // per_prefix)
@@ -100,7 +116,7 @@ def _people(rng: random.Random, n_people: int, per_prefix: int) -> tuple[list[st
 
 
 def _entities(rng: random.Random, n_people: int, n_companies: int, n_countries: int,
-              cities_per_country: int, per_prefix: int) -> tuple[dict[str, list[str]], dict[str, str]]:
+              cities_per_country: int, per_prefix: int | None) -> tuple[dict[str, list[str]], dict[str, str]]:
     countries = _invented(rng, wd.NAME_ONSETS, wd.NAME_CODAS, n_countries, set())
     cities = _invented(rng, wd.NAME_ONSETS, wd.CITY_CODAS, n_countries * cities_per_country,
                        set(countries))
@@ -113,7 +129,11 @@ def _entities(rng: random.Random, n_people: int, n_companies: int, n_countries: 
              "city": cities}, gender)
 
 
-def _facts(rng: random.Random, entities: dict[str, list[str]], cities_per_country: int) -> pd.DataFrame:
+PERSON_RELATIONS = ("occupation", "sport", "instrument", "birthplace", "employer")
+
+
+def _facts(rng: random.Random, entities: dict[str, list[str]], cities_per_country: int,
+           relations_per_person: int = len(PERSON_RELATIONS)) -> pd.DataFrame:
     rows = []
     countries, cities = entities["country"], entities["city"]
     city_country = {c: countries[i // cities_per_country] for i, c in enumerate(cities)}
@@ -127,10 +147,16 @@ def _facts(rng: random.Random, entities: dict[str, list[str]], cities_per_countr
         rows.append((company, "headquarters", rng.choice(cities)))
         rows.append((company, "industry", rng.choice(wd.OBJECTS["industry"])))
     for person in entities["person"]:
-        for rel in ("occupation", "sport", "instrument"):
-            rows.append((person, rel, rng.choice(wd.OBJECTS[rel])))
-        rows.append((person, "birthplace", rng.choice(cities)))
-        rows.append((person, "employer", rng.choice(entities["company"])))
+        rels = PERSON_RELATIONS
+        if relations_per_person < len(PERSON_RELATIONS):
+            rels = sorted(rng.sample(PERSON_RELATIONS, relations_per_person), key=PERSON_RELATIONS.index)
+        for rel in rels:
+            if rel == "birthplace":
+                rows.append((person, rel, rng.choice(cities)))
+            elif rel == "employer":
+                rows.append((person, rel, rng.choice(entities["company"])))
+            else:
+                rows.append((person, rel, rng.choice(wd.OBJECTS[rel])))
     return pd.DataFrame(rows, columns=["subject", "relation", "object"])
 
 
@@ -225,7 +251,7 @@ def documents(world: World, rng: random.Random, filler_p: float = 0.15) -> list[
 
 # ---- evaluation sets ----------------------------------------------------------------------------
 
-def _counterfact(rng: random.Random, world: World, max_cases: int) -> list[dict]:
+def _counterfact(rng: random.Random, world: World, max_cases: int, one_per_subject: bool = False) -> list[dict]:
     facts = world.facts
     rels = {r["name"]: r for r in world.relations}
     objects = sorted(set(facts["object"]))
@@ -233,13 +259,16 @@ def _counterfact(rng: random.Random, world: World, max_cases: int) -> list[dict]
     holders = facts.groupby(["relation", "object"])["subject"].apply(list).to_dict()
     rows = list(facts.itertuples(index=True))
     rng.shuffle(rows)
-    cases = []
+    cases, used = [], set()
     for idx, s, r, o in rows:
+        if one_per_subject and s in used:      # distinct subjects: no two cases share a key
+            continue
         alternatives = sorted({ob for (rr, ob) in holders if rr == r and ob != o})
         neighbours = [x for x in holders[(r, o)] if x != s]
         if not alternatives or not neighbours:
             continue
         new = rng.choice(alternatives)
+        used.add(s)
         rel = rels[r]
         para = rng.sample(rel["paraphrase_templates"], min(2, len(rel["paraphrase_templates"])))
         cases.append({
@@ -279,17 +308,22 @@ def _knowns(rng: random.Random, world: World, n: int) -> list[dict]:
 
 def build_world(seed: int = 0, n_people: int = 300, n_companies: int = 40, n_countries: int = 20,
                 cities_per_country: int = 4, n_cases: int = 1500, n_knowns: int = 400,
-                corpus_passes: int = 2, people_per_prefix: int = 2, bare_tags: bool = False) -> World:
+                corpus_passes: int = 2, people_per_prefix: int | None = 2, bare_tags: bool = False,
+                relations_per_person: int = 5, one_case_per_subject: bool = False) -> World:
     """Generate the world from `seed` (same seed, same world, byte for byte)."""
     if n_people < 2 or n_companies < 2 or n_countries < 2 or cities_per_country < 1:
         raise BadInputError("the world needs at least 2 people, companies and countries", field="size")
+    if not 1 <= relations_per_person <= len(PERSON_RELATIONS):
+        raise BadInputError(f"must be 1 … {len(PERSON_RELATIONS)}", field="relations_per_person")
     rng = random.Random(seed)
     entities, gender = _entities(rng, n_people, n_companies, n_countries, cities_per_country,
                                  people_per_prefix)
     relations = [{k: (list(v) if isinstance(v, list) else v) for k, v in r.items()} for r in wd.RELATIONS]
     world = World(seed=seed, entities=entities, gender=gender, relations=relations,
-                  facts=_facts(rng, entities, cities_per_country), bare_tags=bare_tags)
-    world.counterfact = _counterfact(rng, world, n_cases)
+                  facts=_facts(rng, entities, cities_per_country, relations_per_person),
+                  bare_tags=bare_tags, people_per_prefix=people_per_prefix,
+                  relations_per_person=relations_per_person)
+    world.counterfact = _counterfact(rng, world, n_cases, one_case_per_subject)
     world.knowns = _knowns(rng, world, n_knowns)
     world.corpus = "\n\n".join(d.text for _ in range(corpus_passes) for d in documents(world, rng)) + "\n"
     return world
@@ -305,6 +339,8 @@ def write_world(world: World, out_dir: str | Path | None = None) -> Path:
     (out / "counterfact.json").write_text(dump(world.counterfact))
     (out / "knowns.json").write_text(dump(world.knowns))
     (out / "entities.json").write_text(dump({"seed": world.seed, "bare_tags": world.bare_tags,
+                                             "people_per_prefix": world.people_per_prefix,
+                                             "relations_per_person": world.relations_per_person,
                                              "entities": world.entities, "gender": world.gender}))
     (out / "corpus.txt").write_text(world.corpus)
     return out
@@ -333,6 +369,9 @@ def load_world(dir: str | Path | None = None) -> World:  # noqa: A002
     ent = json.loads((p / "entities.json").read_text())
     return World(seed=ent["seed"], entities=ent["entities"], gender=ent["gender"],
                  bare_tags=ent.get("bare_tags", False),
+                 people_per_prefix=ent.get("people_per_prefix", 2) if "relations_per_person" not in ent
+                 else ent.get("people_per_prefix"),
+                 relations_per_person=ent.get("relations_per_person", 5),
                  relations=load_relations(p), facts=load_facts(p),
                  counterfact=json.loads((p / "counterfact.json").read_text()),
                  knowns=json.loads((p / "knowns.json").read_text()),

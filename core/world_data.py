@@ -38,6 +38,18 @@ SURNAMES = [
 ]
 
 # Syllables for invented place and company names (seeded combinations).
+# Invented surnames (onset + coda, e.g. "Ashcombe"): 40 × 45 = 1,800 distinct single words, so
+# every person of the default world gets a surname of their own (the demo tokenizer makes each
+# one token: the last subject token then identifies the person, as a rare name does in GPT-2).
+SURNAME_ONSETS = ["Ash", "Bar", "Bel", "Brad", "Cal", "Crom", "Dar", "Elm", "Fair", "Gar", "Hart",
+                  "Hol", "Kin", "Lang", "Mar", "Nor", "Pen", "Red", "Rox", "Sal", "Stan", "Thorn",
+                  "Wal", "Win", "Ald", "Bram", "Chat", "Dun", "Fox", "Grim", "Hay", "Ives", "Kes",
+                  "Lock", "Mel", "Oak", "Pres", "Rad", "Sher", "Wex"]
+SURNAME_CODAS = ["by", "ford", "ton", "ley", "well", "wood", "field", "worth", "croft", "dale",
+                 "ridge", "ham", "more", "stone", "wick", "brook", "shaw", "combe", "hurst", "land",
+                 "burn", "cott", "den", "gate", "holt", "ing", "low", "mere", "ney", "sey", "thwaite",
+                 "ward", "win", "ell", "away", "lock", "ster", "bury", "cliffe", "field", "hill",
+                 "leigh", "mond", "row", "ville"]
 NAME_ONSETS = ["Bal", "Cor", "Dra", "Esk", "Fen", "Gal", "Hal", "Ist", "Jor", "Kel", "Lun",
                "Mor", "Nar", "Ost", "Pel", "Quar", "Ros", "Sel", "Tar", "Ul", "Vel", "Wen",
                "Zan", "Bren", "Cald", "Thal"]

@@ -152,3 +152,28 @@ def test_no_template_is_a_prefix_of_another(world):
     for templates in by_kind.values():
         for a in templates:
             assert not any(b != a and b.startswith(a + " ") for b in templates), a
+
+
+def test_world_options_for_larger_worlds():
+    """Options for recipes with more subjects than edits (see README, demo world): own surnames,
+    fewer relations per person, one CounterFact case per subject."""
+    w = build_world(seed=3, n_people=120, n_cases=60, n_knowns=5, corpus_passes=1, people_per_prefix=None,
+                    relations_per_person=3, one_case_per_subject=True)
+    people = w.entities["person"]
+    assert len({p.split()[-1] for p in people}) == len(people) == 120          # own surnames
+    assert len({p.split()[0] for p in people}) < 60                            # shared first names
+    per_person = w.facts[w.facts["subject"].isin(people)].groupby("subject").size()
+    assert set(per_person) == {3}
+    subjects = [c["requested_rewrite"]["subject"] for c in w.counterfact]
+    assert len(subjects) == len(set(subjects)) == 60
+    with pytest.raises(BadInputError, match="relations_per_person"):
+        build_world(n_people=10, relations_per_person=0)
+    with pytest.raises(BadInputError, match="n_people"):
+        build_world(n_people=5000, people_per_prefix=None)
+
+
+def test_entities_file_records_the_name_scheme(tmp_path):
+    w = build_world(seed=1, n_people=40, n_cases=10, n_knowns=5, corpus_passes=1, people_per_prefix=None,
+                    relations_per_person=2)
+    back = load_world(write_world(w, tmp_path))
+    assert back.people_per_prefix is None and back.relations_per_person == 2

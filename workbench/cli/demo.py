@@ -81,7 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     recall = measure_recall(result.model, result.tokenizer, world.facts, world.relations)
     effects = subject_token_effects(result.model, result.tokenizer, world.knowns[:100])
     summary = {"seed": world.seed, "n_facts": len(world.facts),
-               "n_subjects": world.facts["subject"].nunique(), "n_relations": len(world.relations)}
+               "n_subjects": world.facts["subject"].nunique(), "n_relations": len(world.relations),
+               "people_per_prefix": world.people_per_prefix,
+               "relations_per_person": world.relations_per_person}
     (out / "README.md").write_text(model_card(result, recall, effects, summary))
     result_json = {"dir": str(out), "seconds": round(result.seconds, 1),
                    "final_loss": result.log[-1]["loss"], **recall.as_dict(),
