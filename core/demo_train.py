@@ -45,6 +45,7 @@ class TrainConfig:
     warmup_steps: int = 200
     weight_decay: float = 0.01
     mask_p: float = 0.5         # fraction of documents trained with the last-subject-token mask
+    early_blocks: int = 0       # in masked documents, blocks < this hide the whole subject from later positions
     threads: int = 1
 
 
@@ -91,6 +92,18 @@ def curriculum_mask(T: int, spans: list[tuple[int, int]]) -> torch.Tensor:
         if end - start > 1:
             mask[end:, start:end - 1] = False   # queries after the subject
     return mask
+
+
+def early_mask(attn: torch.Tensor, items, masked: list[bool]) -> torch.Tensor:
+    """The mask of the first `early_blocks` blocks: as `attn`, and in masked documents positions
+    after a subject cannot see any of its tokens (not even the last): they must read the subject
+    from its state after those blocks, not copy its embedding."""
+    out = attn.clone()
+    for b, ((ids, spans), m) in enumerate(zip(items, masked)):
+        if m:
+            for start, end in spans:
+                out[b, 0, end:len(ids), start:end] = False
+    return out
 
 
 def make_batch(items, pad_id: int, masked: list[bool]) -> dict:
@@ -155,6 +168,15 @@ def train_demo_model(world: World, cfg: TrainConfig | None = None, progress=None
         return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
     model.train()
+    current = {}
+
+    def stricter(module, args, kwargs):      # blocks < early_blocks: the early mask instead
+        if "early" in current:
+            kwargs["attention_mask"] = current["early"]
+        return args, kwargs
+
+    hooks = [model.transformer.h[j].attn.register_forward_pre_hook(stricter, with_kwargs=True)
+             for j in range(min(cfg.early_blocks, cfg.n_layer))]
     log, step = [], 0
     for epoch in range(cfg.epochs):
         items = encode_documents(tokenizer, documents(world, rng), cfg.n_positions)
@@ -165,7 +187,10 @@ def train_demo_model(world: World, cfg: TrainConfig | None = None, progress=None
         rng.shuffle(batches)
         losses, te = [], time.time()
         for chunk in batches:
-            batch = make_batch(chunk, tokenizer.pad_token_id, [rng.random() < cfg.mask_p for _ in chunk])
+            masked = [rng.random() < cfg.mask_p for _ in chunk]
+            batch = make_batch(chunk, tokenizer.pad_token_id, masked)
+            if hooks:
+                current["early"] = early_mask(batch["attention_mask"], chunk, masked)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             out = model(**batch)
@@ -178,6 +203,8 @@ def train_demo_model(world: World, cfg: TrainConfig | None = None, progress=None
             if progress:
                 progress(step, total, "train")
         log.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses), "seconds": time.time() - te})
+    for h in hooks:
+        h.remove()
     model.eval()
     return TrainResult(model=model, tokenizer=tokenizer, config=cfg, log=log, seconds=time.time() - t0)
 

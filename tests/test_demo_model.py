@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.demo_recall import measure_recall, recalled
-from core.demo_train import TrainConfig, curriculum_mask, make_batch, train_demo_model
+from core.demo_train import TrainConfig, curriculum_mask, early_mask, make_batch, train_demo_model
 from core.model import demo_model_dir
 from core.subject import locate_subject
 from core.world import build_world, load_facts, load_relations, world_dir
@@ -78,6 +78,28 @@ def test_curriculum_mask_hides_early_subject_tokens():
     assert torch.equal(m, brute)
     assert m[4, 2] and m[4, 3]            # the last subject token still reads the whole name
     assert not m[6, 2] and m[6, 4]        # later tokens see only the last subject token
+
+
+def test_early_mask_hides_the_whole_subject_in_masked_documents_only():
+    items = [(list(range(8)), [(2, 5)]), (list(range(6)), [(1, 3)])]
+    batch = make_batch(items, 0, [True, False])
+    early = early_mask(batch["attention_mask"], items, [True, False])
+    brute = torch.zeros(8, 8, dtype=torch.bool)
+    for q in range(8):
+        for k in range(q + 1):
+            brute[q, k] = not (q >= 5 and 2 <= k < 5)
+    assert torch.equal(early[0, 0], brute)                       # not even the last subject token
+    assert torch.equal(early[1], batch["attention_mask"][1])     # unmasked document: unchanged
+
+
+def test_early_blocks_change_training_and_leave_a_plain_model():
+    world = build_world(seed=5, n_people=12, n_companies=3, n_countries=2, cities_per_country=2,
+                        n_cases=5, n_knowns=5, corpus_passes=1)
+    base = dict(seed=0, vocab_size=400, n_layer=2, n_embd=32, n_head=2, epochs=2, mask_p=1.0)
+    plain = train_demo_model(world, TrainConfig(**base))
+    early = train_demo_model(world, TrainConfig(**base, early_blocks=1))
+    assert plain.log[-1]["loss"] != early.log[-1]["loss"]
+    assert not early.model.transformer.h[0].attn._forward_pre_hooks      # hooks removed
 
 
 def test_padded_batch_matches_unpadded_forward():
