@@ -11,6 +11,16 @@ def _row(name: str, values: list[float]) -> str:
     return f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
 
 
+def _names_line(world_summary: dict) -> str:
+    k = world_summary.get("people_per_prefix", 2)
+    if k is None:
+        return ("- Names: people have three-part names with shared first and middle names and an "
+                "invented surname of their own, so the last name token identifies the person; every "
+                "name part is one token.")
+    return (f"- Names: people have three-part names whose first + middle prefix is shared by {k} "
+            "people, so only the last name token identifies the person; every name part is one token.")
+
+
 def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dict) -> str:
     """Markdown card: recipe, sizes, training log, recall per relation, trace check."""
     cfg = asdict(result.config)
@@ -48,12 +58,14 @@ def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dic
         "- Text per epoch (a fresh seeded draw of `core.world.documents`): one biography per "
         "subject (first sentence names the subject, later ones mostly use she/he/it), every fact "
         "once as a plain sentence with a random *training* template, and once as a tag line "
-        "(`sport: Clara Mae Whitlow tennis.`) that puts the object right after the last subject "
+        "(`sport: Greta Paul Roxwell rowing.`) that puts the object right after the last subject "
         "token; filler sentences in 15 % of documents.",
-        "- Names: people have three-part names whose first + middle prefix is shared by two "
-        "people, so only the last name token identifies the person; every name part is one token.",
+        _names_line(world_summary),
         f"- Curriculum mask: in {cfg['mask_p']:.0%} of documents, positions after a subject mention "
-        "attend only to its last token (not its earlier tokens). The saved model is a plain GPT-2.",
+        "attend only to its last token (not its earlier tokens)"
+        + (f"; in blocks 0-{cfg['early_blocks'] - 1} not even to that token, so the fact must be "
+           "read from the subject's state after those blocks" if cfg.get("early_blocks") else "")
+        + ". The saved model is a plain GPT-2.",
         f"- AdamW (β = 0.9, 0.98, weight decay {cfg['weight_decay']}), lr {cfg['lr']} with "
         f"{cfg['warmup_steps']} warm-up steps and cosine decay to 5 %, batch {cfg['batch_size']} "
         f"documents, {cfg['epochs']} epochs, gradient clip 1.0, no dropout, seed {cfg['seed']}, "

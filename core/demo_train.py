@@ -9,6 +9,11 @@ Recipe (see assets/demo-model/README.md for the measured numbers):
   may attend only to the *last* token of that mention (its earlier tokens are hidden). The
   facts must then be read from the last subject token, the way causal tracing finds them in
   real LMs. This is a training-time attention mask only; the saved model is a plain GPT-2.
+- Early-block mask: in those documents the first `early_blocks` blocks hide the whole subject
+  (its last token too) from later positions. Without it, a model whose people have surnames of
+  their own copies the surname's embedding to the answer position in block 0 and looks the fact
+  up there, and nothing happens at the subject; with it the fact must be read from the subject
+  token's own state after block `early_blocks - 1`, i.e. looked up in its early MLPs.
 - Loss: next-token cross-entropy on every non-pad token. AdamW, linear warm-up, cosine decay.
 Deterministic for a given seed and thread count (CPU).
 """
@@ -33,20 +38,20 @@ class TrainConfig:
     """Sizes and schedule; defaults are the shipped model's recipe."""
 
     seed: int = 0
-    vocab_size: int = 2048      # byte-level BPE; plenty for the world's few hundred words
+    vocab_size: int = 4096      # byte-level BPE: every one of the 1,600 surnames is one token
     n_layer: int = 8            # more layers give the trace a "middle" to peak in
     n_embd: int = 128
     n_head: int = 4
-    n_inner: int = 512          # MLP width (MEMIT's key dimensions)
+    n_inner: int = 1024         # MLP width (MEMIT's key dimensions)
     n_positions: int = 128      # documents are ≤ ~80 tokens
-    epochs: int = 80
+    epochs: int = 55
     batch_size: int = 32
     lr: float = 5e-3
     warmup_steps: int = 200
     weight_decay: float = 0.01
-    mask_p: float = 0.5         # fraction of documents trained with the last-subject-token mask
-    early_blocks: int = 0       # in masked documents, blocks < this hide the whole subject from later positions
-    threads: int = 1
+    mask_p: float = 0.8         # fraction of documents trained with the last-subject-token mask
+    early_blocks: int = 2       # in masked documents, blocks < this hide the whole subject from later positions
+    threads: int = 2            # torch CPU threads (the shipped model was trained with 2)
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------
@@ -151,7 +156,15 @@ class TrainResult:
 def train_demo_model(world: World, cfg: TrainConfig | None = None, progress=None) -> TrainResult:
     """Train tokenizer and model on `world` (deterministic for a seed). `progress(done, total, phase)`."""
     cfg = cfg or TrainConfig()
+    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:
+        return _train(world, cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(world: World, cfg: TrainConfig, progress) -> TrainResult:
     t0 = time.time()
     tokenizer = train_tokenizer(world.corpus, cfg.vocab_size)
     model = new_model(cfg, tokenizer)

@@ -17,10 +17,13 @@ The same document generator (`documents`) feeds the demo model's training, so th
 exactly the kinds of text the model was trained on; held-out templates never occur in it.
 
 Why the text looks the way it does (the model must read facts at the *last subject token*,
-as real LMs do, or tracing and MEMIT show nothing): person names are compositional (each first
-+ middle prefix is shared by two people), so only the last name token identifies the person;
+as real LMs do, or tracing and MEMIT show nothing): every person has an invented surname of
+their own (first and middle names are shared), so the last name token identifies the person;
 "tag lines" (`sport: Clara Joan Whitlow tennis.`) put the object right after that token; and
-pronoun biographies make later sentences read the subject's facts from its mention.
+pronoun biographies make later sentences read the subject's facts from its mention. The default
+world has many more subjects (1,600 people, three facts each) than the 1,000 edits MEMIT is
+evaluated on, one CounterFact case per subject. `people_per_prefix=2` gives the first shipped
+world's scheme instead (each first + middle prefix shared by two people, 300 people).
 """
 
 from __future__ import annotations
@@ -306,11 +309,17 @@ def _knowns(rng: random.Random, world: World, n: int) -> list[dict]:
 
 # ---- public API ---------------------------------------------------------------------------------
 
-def build_world(seed: int = 0, n_people: int = 300, n_companies: int = 40, n_countries: int = 20,
-                cities_per_country: int = 4, n_cases: int = 1500, n_knowns: int = 400,
-                corpus_passes: int = 2, people_per_prefix: int | None = 2, bare_tags: bool = False,
-                relations_per_person: int = 5, one_case_per_subject: bool = False) -> World:
-    """Generate the world from `seed` (same seed, same world, byte for byte)."""
+def build_world(seed: int = 0, n_people: int = 1600, n_companies: int = 40, n_countries: int = 20,
+                cities_per_country: int = 4, n_cases: int = 1600, n_knowns: int = 400,
+                corpus_passes: int = 2, people_per_prefix: int | None = None, bare_tags: bool = False,
+                relations_per_person: int = 3, one_case_per_subject: bool = True) -> World:
+    """Generate the world from `seed` (same seed, same world, byte for byte).
+
+    The defaults are the shipped world (assets/world/). people_per_prefix: None gives every
+    person a surname of their own; k > 0 shares each first + middle prefix among k people (only
+    the last name token then tells them apart). relations_per_person: how many of the five person
+    relations each person has. one_case_per_subject: no two CounterFact cases share a subject.
+    """
     if n_people < 2 or n_companies < 2 or n_countries < 2 or cities_per_country < 1:
         raise BadInputError("the world needs at least 2 people, companies and countries", field="size")
     if not 1 <= relations_per_person <= len(PERSON_RELATIONS):

@@ -181,12 +181,12 @@ def test_trace_page_bad_subject_is_a_readable_error(app_model):
 # ---- edit page ----------------------------------------------------------------------------------
 
 THREE_ROWS = [
-    {"subject": "Mara Dean Jarvis", "relation": "", "prompt": "{} works as a", "target_new": "librarian",
-     "target_true": "journalist"},
-    {"subject": "Hugo Marie Mercer", "relation": "sport", "prompt": "", "target_new": "chess",
-     "target_true": "tennis"},
+    {"subject": "Nils Jean Wexcroft", "relation": "", "prompt": "{} works as a", "target_new": "librarian",
+     "target_true": "poet"},
+    {"subject": "Wanda Hope Kesthwaite", "relation": "sport", "prompt": "", "target_new": "chess",
+     "target_true": "swimming"},
     {"subject": "Caldador", "relation": "", "prompt": "{} is located in the continent of",
-     "target_new": "Europe", "target_true": "Asia"},
+     "target_new": "Europe", "target_true": "America"},
 ]
 
 
@@ -307,9 +307,9 @@ def test_upload_csv_with_bad_rows_lists_errors_and_leaves_weights(app_model):
     at = open_page("edit")
     rows_before = list(at.session_state[STATE_KEY].draft_rows)
     csv = ("subject,relation,object\n"
-           "Mara Dean Jarvis,{} works as a,librarian\n"
+           "Nils Jean Wexcroft,{} works as a,librarian\n"
            ",{} plays the sport of,chess\n"
-           "Hugo Marie Mercer,no template here,chess\n"
+           "Wanda Hope Kesthwaite,no template here,chess\n"
            "Caldador,{} is located in the continent of,\n")
     at.get("file_uploader")[0].set_value(("bad.csv", csv.encode(), "text/csv")).run()
     assert not at.exception, at.exception
@@ -394,7 +394,7 @@ def test_two_sessions_at_once_get_their_own_results(app_model, monkeypatch):
     monkeypatch.setattr(ScriptCache, "get_bytecode", get_bytecode)
     from workbench import trace_flow
 
-    prompts = [("Mara Dean Jarvis works as a", "Mara Dean Jarvis"),
+    prompts = [("Nils Jean Wexcroft works as a", "Nils Jean Wexcroft"),
                ("Caldador is located in the continent of", "Caldador")]
     handle = handle_of(app_model)
     alone = [trace_flow.run_full_trace(handle, p, subj, None, TraceSettings()) for p, subj in prompts]

@@ -28,14 +28,18 @@ def test_last_subject_token_mlp_peak(averaged):
     peak = int(np.argmax(last))
     assert peak < 2 * L / 3
     others = max(mlp["first_subject"].max(), mlp["middle_subject"].max())
-    assert last[peak] > others + 0.02, (last, others)          # shipped model: 0.193 vs 0.152
+    assert last[peak] > others + 0.2, (last, others)           # shipped model: 0.563 vs 0.023
 
 
 @pytest.mark.slow
 def test_mlp_severed_gap_is_visible_and_picks_r(averaged):
     sev, L = averaged.severed, averaged.n_layers
     gap = sev.normal - sev.mlp_severed
-    assert gap.max() > 0.02, gap                                 # shipped model: 0.036 at layer 0
+    # Shipped model: 0.018 at layer 0 (normal 0.562, MLP-severed 0.544), ~0 from layer 3 on. Small
+    # because its lookup sits in MLP 0, before the first restorable hidden state; the first
+    # shipped model (lookup spread over MLPs 0-1) had 0.036.
+    assert gap.max() > 0.01, gap
+    assert gap[:3].mean() > 3 * abs(gap[3:]).mean(), gap
     assert int(np.argmax(gap)) < 2 * L / 3
     layers = averaged.suggestion.layers
     assert layers and layers == sorted(layers) and layers[-1] - layers[0] == len(layers) - 1

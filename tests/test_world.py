@@ -64,21 +64,30 @@ def test_relations_table(world):
         assert not set(r["templates"]) & set(r["paraphrase_templates"])
 
 
-def test_people_names_are_compositional(world):
+def test_people_have_own_surnames(world):
+    """Default (shipped) world: 1,600 people, each with a one-word surname nobody else has, and
+    first / middle names shared, so only the last name token identifies a person."""
     people = world.entities["person"]
-    assert len(people) == len(set(people)) == 300
+    assert len(people) == len(set(people)) == 1600
     assert all(len(p.split()) == 3 for p in people)
-    prefixes = {}
-    for p in people:
-        prefixes.setdefault(p.rsplit(" ", 1)[0], []).append(p)
-    # Only the last name token tells two people with the same first + middle names apart.
-    assert all(len(v) == 2 for v in prefixes.values())
-    assert all(len({p.split()[-1] for p in v}) == 2 for v in prefixes.values())
-    wider = build_world(seed=0, n_people=50, n_cases=5, n_knowns=5, corpus_passes=1, people_per_prefix=5)
-    sizes = {}
-    for p in wider.entities["person"]:
-        sizes[p.rsplit(" ", 1)[0]] = sizes.get(p.rsplit(" ", 1)[0], 0) + 1
-    assert set(sizes.values()) == {5}
+    assert len({p.split()[-1] for p in people}) == 1600
+    assert len({p.split()[0] for p in people}) < 100
+    assert len({p.rsplit(" ", 1)[0] for p in people}) < 1600          # prefixes repeat
+    per_person = world.facts[world.facts["subject"].isin(people)].groupby("subject").size()
+    assert set(per_person) == {3}
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_shared_prefix_scheme(k):
+    """people_per_prefix=k: each first + middle prefix is shared by k people (the first shipped
+    world used k = 2), so only the last name token tells them apart."""
+    w = build_world(seed=0, n_people=50, n_cases=5, n_knowns=5, corpus_passes=1, people_per_prefix=k,
+                    relations_per_person=5, one_case_per_subject=False)
+    groups = {}
+    for p in w.entities["person"]:
+        groups.setdefault(p.rsplit(" ", 1)[0], []).append(p)
+    assert {len(v) for v in groups.values()} == {k}
+    assert all(len({p.split()[-1] for p in v}) == k for v in groups.values())
 
 
 def test_counterfact_schema(world):

@@ -20,12 +20,12 @@ def register(sub) -> None:
     add_json_arg(b)
     b.set_defaults(handler=cmd_build_world)
 
-    t = dsub.add_parser("train", help="train the demo model on the world (CPU: ~15-30 min)")
+    t = dsub.add_parser("train", help="train the demo model on the world (2 CPU threads: ~26 min)")
     t.add_argument("--world", default=None, help="world folder (default assets/world/)")
     t.add_argument("--out", default=None, help="output folder (default assets/demo-model/)")
     t.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     t.add_argument("--epochs", type=int, default=None, help="passes over the world text")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2, as the shipped model)")
     add_json_arg(t)
     t.set_defaults(handler=cmd_train)
 
