@@ -149,17 +149,13 @@ def _facts(rng: random.Random, entities: dict[str, list[str]], cities_per_countr
     for company in entities["company"]:
         rows.append((company, "headquarters", rng.choice(cities)))
         rows.append((company, "industry", rng.choice(wd.OBJECTS["industry"])))
+    pools = {"birthplace": cities, "employer": entities["company"]}   # other objects: wd.OBJECTS
     for person in entities["person"]:
         rels = PERSON_RELATIONS
         if relations_per_person < len(PERSON_RELATIONS):
             rels = sorted(rng.sample(PERSON_RELATIONS, relations_per_person), key=PERSON_RELATIONS.index)
         for rel in rels:
-            if rel == "birthplace":
-                rows.append((person, rel, rng.choice(cities)))
-            elif rel == "employer":
-                rows.append((person, rel, rng.choice(entities["company"])))
-            else:
-                rows.append((person, rel, rng.choice(wd.OBJECTS[rel])))
+            rows.append((person, rel, rng.choice(pools.get(rel) or wd.OBJECTS[rel])))
     return pd.DataFrame(rows, columns=["subject", "relation", "object"])
 
 
@@ -378,8 +374,7 @@ def load_world(dir: str | Path | None = None) -> World:  # noqa: A002
     ent = json.loads((p / "entities.json").read_text())
     return World(seed=ent["seed"], entities=ent["entities"], gender=ent["gender"],
                  bare_tags=ent.get("bare_tags", False),
-                 people_per_prefix=ent.get("people_per_prefix", 2) if "relations_per_person" not in ent
-                 else ent.get("people_per_prefix"),
+                 people_per_prefix=ent.get("people_per_prefix", 2),   # files before the key: 2
                  relations_per_person=ent.get("relations_per_person", 5),
                  relations=load_relations(p), facts=load_facts(p),
                  counterfact=json.loads((p / "counterfact.json").read_text()),

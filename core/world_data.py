@@ -37,8 +37,7 @@ SURNAMES = [
     "Ashby", "Brandt", "Crowley", "Dunmore", "Everett", "Fletcher", "Granger", "Holloway",
 ]
 
-# Syllables for invented place and company names (seeded combinations).
-# Invented surnames (onset + coda, e.g. "Ashcombe"): 40 × 45 = 1,800 distinct single words, so
+# Invented surnames (onset + coda, e.g. "Ashcombe"): 40 × 44 = 1,760 distinct single words, so
 # every person of the default world gets a surname of their own (the demo tokenizer makes each
 # one token: the last subject token then identifies the person, as a rare name does in GPT-2).
 SURNAME_ONSETS = ["Ash", "Bar", "Bel", "Brad", "Cal", "Crom", "Dar", "Elm", "Fair", "Gar", "Hart",
@@ -48,8 +47,9 @@ SURNAME_ONSETS = ["Ash", "Bar", "Bel", "Brad", "Cal", "Crom", "Dar", "Elm", "Fai
 SURNAME_CODAS = ["by", "ford", "ton", "ley", "well", "wood", "field", "worth", "croft", "dale",
                  "ridge", "ham", "more", "stone", "wick", "brook", "shaw", "combe", "hurst", "land",
                  "burn", "cott", "den", "gate", "holt", "ing", "low", "mere", "ney", "sey", "thwaite",
-                 "ward", "win", "ell", "away", "lock", "ster", "bury", "cliffe", "field", "hill",
+                 "ward", "win", "ell", "away", "lock", "ster", "bury", "cliffe", "hill",
                  "leigh", "mond", "row", "ville"]
+# Syllables for invented place and company names (seeded combinations).
 NAME_ONSETS = ["Bal", "Cor", "Dra", "Esk", "Fen", "Gal", "Hal", "Ist", "Jor", "Kel", "Lun",
                "Mor", "Nar", "Ost", "Pel", "Quar", "Ros", "Sel", "Tar", "Ul", "Vel", "Wen",
                "Zan", "Bren", "Cald", "Thal"]
