@@ -43,7 +43,7 @@ def find_neighbour(request, subjects=None) -> tuple[str, str] | None:
         return None
     if subjects is None:
         try:
-            from core.world import load_facts
+            from core.world_io import load_facts
 
             subjects = set(load_facts()["subject"])
         except BadInputError:

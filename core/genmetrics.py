@@ -82,7 +82,7 @@ class ReferenceCorpus:
 
     @classmethod
     def from_world(cls, world_dir: str | Path | None = None, max_sentences: int = 200) -> ReferenceCorpus:
-        from core import world
+        from core import world_io as world
 
         folder = Path(world_dir) if world_dir is not None else world.world_dir()
         if not (folder / "corpus.txt").is_file():

@@ -288,7 +288,7 @@ def test_model_page_hub_id_offline_is_a_clear_message(app_model):
 
 
 def test_upload_counterfact_records_fill_the_table(app_model):
-    from core.world import world_dir
+    from core.world_io import world_dir
 
     records = json.loads((world_dir() / "counterfact.json").read_text())[:4]
     at = open_page("edit")

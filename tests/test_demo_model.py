@@ -9,7 +9,8 @@ from core.demo_recall import measure_recall, recalled
 from core.demo_train import TrainConfig, curriculum_mask, early_mask, make_batch, train_demo_model
 from core.model import demo_model_dir
 from core.subject import locate_subject
-from core.world import build_world, load_facts, load_relations, world_dir
+from core.world import build_world
+from core.world_io import load_facts, load_relations, world_dir
 
 
 # The first shipped world's name scheme (prefix shared by two, five relations per person): the

@@ -10,7 +10,7 @@ import pytest
 
 from core.trace_avg import average_traces, load_facts
 from core.tracing import TraceSettings
-from core.world import world_dir
+from core.world_io import world_dir
 
 
 @pytest.fixture(scope="module")

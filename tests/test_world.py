@@ -7,8 +7,9 @@ import json
 import pytest
 
 from core.errors import BadInputError
-from core.world import (build_world, example_requests, fill, load_facts, load_relations, load_world,
-                        world_dir, write_world)
+from core.world import build_world, fill
+from core.world_io import (example_requests, load_facts, load_relations, load_world, world_dir,
+                           write_world)
 
 FILES = ["facts.csv", "relations.json", "counterfact.json", "knowns.json", "entities.json", "corpus.txt"]
 

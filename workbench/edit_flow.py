@@ -58,7 +58,7 @@ def example_rows(n: int, seed: int = 0) -> list[dict]:
     """n counterfactual edits from the demo world (one per subject), with the CounterFact
     paraphrase and neighbourhood prompts that the metrics need."""
     from core.request_files import load_dataset_requests
-    from core.world import example_requests, world_dir
+    from core.world_io import example_requests, world_dir
 
     cases, _ = load_dataset_requests(world_dir() / "counterfact.json")
     by_key = {(r.subject, r.prompt, r.target_new): r for r in cases}

@@ -43,7 +43,7 @@ def tour_facts(n: int = 12) -> list[TourFact]:
 
 def alternative_objects(fact: TourFact) -> list[str]:
     """Other objects of the same relation in the demo world (choices for the new object)."""
-    from core.world import load_facts
+    from core.world_io import load_facts
 
     facts = load_facts()
     name = load_relations().get(fact.relation_id.lower(), {}).get("name")

@@ -31,7 +31,7 @@ class FullTrace:
 
 
 def knowns_path():
-    from core.world import world_dir
+    from core.world_io import world_dir
 
     return world_dir() / "knowns.json"
 

@@ -40,7 +40,8 @@ def register(sub) -> None:
 
 
 def cmd_build_world(args: argparse.Namespace) -> int:
-    from core.world import build_world, write_world
+    from core.world import build_world
+    from core.world_io import write_world
 
     world = build_world(seed=args.seed)
     out = write_world(world, args.out)
@@ -61,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from core.demo_recall import measure_recall, subject_token_effects
     from core.demo_train import TrainConfig, save_demo_model, train_demo_model
     from core.model import demo_model_dir
-    from core.world import load_world
+    from core.world_io import load_world
 
     world = load_world(args.world)
     cfg = TrainConfig()
@@ -97,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_recall(args: argparse.Namespace) -> int:
     from core.demo_recall import measure_recall
-    from core.world import load_facts, load_relations
+    from core.world_io import load_facts, load_relations
 
     handle = load_from_args(args)
     facts, relations = load_facts(args.world), load_relations(args.world)
