@@ -40,3 +40,24 @@ def demo_handle():
     if not demo_model_dir().is_dir():
         pytest.skip("demo model not built yet (workbench demo train)")
     return load_model("demo", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def app_model(tmp_path_factory):
+    """The model name the AppTest tests' app opens with (demo model, or a tiny model folder)."""
+    from core.model import demo_model_dir
+    from tests.app_helpers import save_app_model
+    from workbench.state import DEFAULT_MODEL_ENV
+
+    if demo_model_dir().is_dir():
+        name = "demo"
+    else:
+        name = str(tmp_path_factory.mktemp("tiny-model"))
+        save_app_model(name)
+    old = os.environ.get(DEFAULT_MODEL_ENV)
+    os.environ[DEFAULT_MODEL_ENV] = name
+    yield name
+    if old is None:
+        os.environ.pop(DEFAULT_MODEL_ENV, None)
+    else:
+        os.environ[DEFAULT_MODEL_ENV] = old
