@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-from core.demo_recall import Recall, TokenEffects
+if TYPE_CHECKING:
+    from core.demo_recall import Recall, TokenEffects
+
+# Hand-written sections (experiment grids, earlier models) that a retrain carries over from the
+# old card; every other section is regenerated from measured numbers.
+KEPT_HEADINGS = ("## Reading the trace", "## Hyperparameter grid", "## Earlier models")
 
 
 def _row(name: str, values: list[float]) -> str:
@@ -21,8 +28,67 @@ def _names_line(world_summary: dict) -> str:
             "people, so only the last name token identifies the person; every name part is one token.")
 
 
-def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dict) -> str:
-    """Markdown card: recipe, sizes, training log, recall per relation, trace check."""
+def kept_sections(old_card: str) -> str:
+    """The sections of an existing card whose heading starts with one of KEPT_HEADINGS."""
+    parts = re.split(r"(?m)^(?=## )", old_card)
+    return "\n".join(p.rstrip() + "\n" for p in parts if p.startswith(KEPT_HEADINGS))
+
+
+def averaged_trace_section(avg: dict, command: str) -> list[str]:
+    """Lines for the averaged trace (`core.trace_avg.AveragedTrace.to_dict()`)."""
+    L = avg["n_layers"]
+    eff = avg["effects"]
+    rows = [("MLP", "mlp", "first_subject", "first subject"), ("MLP", "mlp", "middle_subject", "middle subject"),
+            ("MLP", "mlp", "last_subject", "last subject"), ("MLP", "mlp", "last", "last token"),
+            ("attention", "attn", "last", "last token"), ("hidden", "hidden", "last_subject", "last subject"),
+            ("hidden", "hidden", "last", "last token")]
+    s = avg["settings"]
+    lines = [f"## Causal trace, averaged (`{command}`)", "",
+             f"{avg['n_facts']} known facts of `assets/world/knowns.json` ({avg['n_skipped_wrong']} skipped: "
+             f"answered wrongly), noise {s['noise']:g} × σ, {s['samples']} samples, window {s['window']} "
+             f"(clean {avg['clean_prob']:.3f}, corrupted {avg['corrupted_prob']:.3f}), average indirect "
+             "effect per layer:", "",
+             "| kind, token | " + " | ".join(str(i) for i in range(L)) + " |", "|---" * (L + 1) + "|"]
+    lines += [_row(f"{label}, {tok}", eff[k][c]) for label, k, c, tok in rows if k in eff]
+    lines.append("")
+    mlp_last = eff.get("mlp", {}).get("last_subject")
+    if mlp_last is not None:
+        others = [max(eff["mlp"][c]) for c in ("first_subject", "middle_subject") if c in eff["mlp"]]
+        peak = max(range(L), key=lambda i: mlp_last[i])
+        lines += [f"The last-subject MLP effect peaks at layer {peak} ({mlp_last[peak]:.3f}); the other "
+                  f"subject tokens reach at most {max(others):.3f}.", ""]
+    if "severed" in avg:
+        sev = avg["severed"]
+        gap_peak = max(range(L), key=lambda i: sev["gap"][i])
+        lines += ["Severed paths at the last subject token (hidden state restored at layer l, indirect effect):", "",
+                  "| path | " + " | ".join(str(i) for i in range(L)) + " |", "|---" * (L + 1) + "|",
+                  _row("normal", sev["normal"]), _row("MLPs frozen", sev["mlp_severed"]),
+                  _row("attention frozen", sev["attn_severed"]), _row("gap (normal − MLPs frozen)", sev["gap"]),
+                  "", f"Largest MLP-severed gap {sev['gap'][gap_peak]:.3f} at layer {gap_peak}. "
+                  f"Suggested R = {avg['suggested_layers']}.", ""]
+    return lines
+
+
+def memit_section(ev: dict, command: str) -> list[str]:
+    """Lines for one evaluation (`core.evaluation.EditEvaluation.to_dict()`)."""
+    hp = ev["hparams"]
+
+    def row(name: str, scores: dict) -> str:
+        return f"| {name} | " + " | ".join(f"{scores[k]:.1f}" for k in ("ES", "PS", "NS", "S")) + " |"
+
+    return [f"## MEMIT on this model (`{command}`)", "",
+            f"The first {ev['n']} CounterFact cases of `assets/world/counterfact.json`, edited at once with "
+            f"the demo preset (`core/hparams.py`): R = {ev['layers']}, λ {hp['mom2_weight']:g}, "
+            f"{hp['v_steps']} z steps, lr {hp['v_lr']:g}, clamp {hp['clamp_norm_factor']:g} · ‖h‖, KL factor "
+            f"{hp['kl_factor']:g}, weight decay {hp['v_weight_decay']:g}; scores in % (paper, Appendix C).",
+            "", "| | ES | PS | NS | S |", "|---|---|---|---|---|", row("before", ev["pre"]), row("after", ev["post"]),
+            "", f"Edit time {ev['seconds']['edit']:.1f} s on CPU.", ""]
+
+
+def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dict, *,
+               trace: dict | None = None, memit: dict | None = None, kept: str = "") -> str:
+    """Markdown card: recipe, sizes, training log, recall per relation, trace check, and when
+    given the averaged trace (`trace`), a MEMIT evaluation (`memit`) and kept hand-written sections."""
     cfg = asdict(result.config)
     model = result.model
     n_params = sum(p.numel() for p in model.parameters())
@@ -104,6 +170,9 @@ def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dic
         f"({effects.last[peak]:.3f}; first subject token at most {max(effects.first):.3f}, middle "
         f"at most {max(effects.middle):.3f}).",
         "",
+        *(averaged_trace_section(trace, "workbench trace-avg --n 100 --kind all --samples 3") if trace else []),
+        *(memit_section(memit, "workbench eval --n 100") if memit else []),
+        *([kept.rstrip(), ""] if kept.strip() else []),
         "## Limits",
         "",
         f"A toy: it knows the {world_summary['n_facts']:,} invented facts of its world and the few "

@@ -233,3 +233,25 @@ def save_demo_model(result: TrainResult, out_dir: str | Path) -> Path:
     (out / "train_config.json").write_text(json.dumps(
         {"config": asdict(result.config), "log": result.log, "seconds": result.seconds}, indent=1) + "\n")
     return out
+
+
+def load_train_result(model_dir: str | Path) -> TrainResult:
+    """A saved demo model as a TrainResult (model, tokenizer, recipe, training log), e.g. to
+    rewrite its card without retraining."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.errors import BadInputError
+
+    d = Path(model_dir)
+    meta_path = d / "train_config.json"
+    if not meta_path.is_file():
+        raise BadInputError(f"{d} has no train_config.json: not a model trained by `workbench demo train`",
+                            field="model_dir")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    known = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in meta["config"].items() if k in known})
+    model = AutoModelForCausalLM.from_pretrained(d, use_safetensors=True).eval()
+    return TrainResult(model=model, tokenizer=AutoTokenizer.from_pretrained(d), config=cfg,
+                       log=meta["log"], seconds=meta["seconds"])

@@ -20,11 +20,10 @@ import time
 import pandas as pd
 import torch
 
-from core.covariance import layer_covariances
 from core.hparams import MemitHparams, preset_for
 from core.memit import EditResult, keys_and_hidden, prepare_context_and_stats, to_layout
 from core.requests import EditRequest, validate_requests
-from core.targets import compute_targets, ensure_bare, generate_context_templates
+from core.targets import compute_targets
 
 
 def rome_layer(layers: list[int]) -> int:

@@ -189,3 +189,40 @@ def test_training_restores_the_thread_count(micro):
     before = torch.get_num_threads()
     train_demo_model(world, TrainConfig(**{**res.config.__dict__, "epochs": 1, "threads": before + 1}))
     assert torch.get_num_threads() == before
+
+
+def test_card_command_rewrites_measured_sections_and_keeps_notes(micro, tmp_path):
+    """`workbench demo card`: recall, averaged trace and a MEMIT evaluation measured on the saved
+    model, the old card's hand-written sections kept, the rest replaced."""
+    import json
+
+    from core.demo_train import load_train_result, save_demo_model
+    from core.world_io import write_world
+    from workbench.cli import main
+
+    world, res = micro
+    wdir, mdir = write_world(world, tmp_path / "world"), save_demo_model(res, tmp_path / "model")
+    back = load_train_result(mdir)
+    assert back.config == res.config and back.log == res.log
+    (mdir / "README.md").write_text("# old card\n\n## Recall\n\nstale numbers\n\n"
+                                    "## Earlier models\n\nnotes from an older recipe\n")
+    out = tmp_path / "card.json"
+    assert main(["demo", "card", "--model-dir", str(mdir), "--world", str(wdir), "--json", str(out)]) == 0
+    card, d = (mdir / "README.md").read_text(), json.loads(out.read_text())
+    assert "stale numbers" not in card and "# old card" not in card
+    assert card.count("## Recall") == 1 and "notes from an older recipe" in card
+    assert card.index("## Earlier models") > card.index("## MEMIT on this model")
+    assert f"**{d['train_top1']:.1%}** on training templates" in card
+    post = d["memit_n100"]["post"]
+    assert all(0 <= post[k] <= 100 for k in ("ES", "PS", "NS"))
+    assert f"| after | {post['ES']:.1f} | {post['PS']:.1f} | {post['NS']:.1f} |" in card
+    assert d["suggested_layers"] and all(0 <= x < res.config.n_layer for x in d["suggested_layers"])
+    assert f"Suggested R = {d['suggested_layers']}" in card
+
+
+def test_card_command_needs_a_trained_folder(tmp_path):
+    from core.errors import BadInputError
+    from core.demo_train import load_train_result
+
+    with pytest.raises(BadInputError, match="train_config.json"):
+        load_train_result(tmp_path)

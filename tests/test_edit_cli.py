@@ -191,3 +191,27 @@ def test_bench_memit_on_a_tiny_gptj_shape(tmp_path):
         assert r["ratio"] == pytest.approx(r["serial_s_per_edit"] / r["batched_s_per_edit"])
         assert r["z_max_abs_diff"] < 1e-4 and r["serial_edits"] == r["n"]
     assert set(out["update_s"]) == {"1", "3"} and out["cov_tokens_per_s"] > 0 and out["peak_rss_mb"] > 0
+
+
+def test_evaluate_edit_reverts_when_scoring_after_the_edit_fails(tmp_path, monkeypatch):
+    """core.evaluation: the post-edit scores failing (here: interrupted) still reverts the edit."""
+    import core.evaluation as evaluation
+    from tests.memit_helpers import REQUESTS, small_hparams
+
+    handle = make_tiny_handle("gpt2")
+    hp = small_hparams(write_corpus(tmp_path / "corpus.txt"), v_steps=2)
+    snap = snapshot(handle)
+    calls = []
+    real = evaluation.counterfact_scores
+
+    def scores(h, requests, **kw):
+        calls.append(any(not torch.equal(snap[k], v) for k, v in h.hf.state_dict().items()))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(h, requests, **kw)
+
+    monkeypatch.setattr(evaluation, "counterfact_scores", scores)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate_edit(handle, REQUESTS[:2], hparams=hp)
+    assert calls == [False, True]           # scored before (unedited) and after (edited)
+    assert_unchanged(handle, snap)

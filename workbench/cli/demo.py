@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from core.demo_card import KEPT_HEADINGS
 from workbench.cli.common import add_json_arg, add_model_args, load_from_args, write_json
 
 
@@ -26,8 +28,21 @@ def register(sub) -> None:
     t.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     t.add_argument("--epochs", type=int, default=None, help="passes over the world text")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2, as the shipped model)")
+    t.add_argument("--quick", action="store_true",
+                   help="skip the averaged causal trace and the MEMIT evaluation of the model card (~5 min)")
     add_json_arg(t)
     t.set_defaults(handler=cmd_train)
+
+    c = dsub.add_parser("card", help="re-measure a trained demo model and rewrite its model card",
+                        description="Rewrite MODEL_DIR/README.md from measured numbers (recall, trace "
+                        "check, averaged trace, MEMIT at n = 100 with the demo preset) without retraining; "
+                        "the card's hand-written sections (" + ", ".join(h[3:] for h in KEPT_HEADINGS)
+                        + ") are kept.")
+    c.add_argument("--model-dir", default=None, help="trained model folder (default assets/demo-model/)")
+    c.add_argument("--world", default=None, help="world folder (default assets/world/)")
+    c.add_argument("--quick", action="store_true", help="skip the averaged trace and the MEMIT evaluation")
+    add_json_arg(c)
+    c.set_defaults(handler=cmd_card)
 
     r = dsub.add_parser("recall", help="top-1 recall of the world's facts on training and "
                         "held-out templates")
@@ -58,11 +73,9 @@ def cmd_build_world(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from core.demo_card import model_card
-    from core.demo_recall import measure_recall, subject_token_effects
     from core.demo_train import TrainConfig, save_demo_model, train_demo_model
     from core.model import demo_model_dir
-    from core.world_io import load_world
+    from core.world_io import load_world, world_dir
 
     world = load_world(args.world)
     cfg = TrainConfig()
@@ -78,22 +91,81 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_demo_model(world, cfg, progress=progress)
     bar.close()
     out = save_demo_model(result, args.out or demo_model_dir())
+    result_json = write_card(result, out, world, args.world or world_dir(), quick=args.quick)
+    write_json(result_json, args.json)
+    if args.json != "-":
+        print(f"saved {out} after {result.seconds:.1f} s; recall train {result_json['train_top1']:.3f}, "
+              f"held-out {result_json['heldout_top1']:.3f} on {result_json['n_facts']} facts")
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from core.demo_train import load_train_result
+    from core.model import demo_model_dir
+    from core.world_io import load_world, world_dir
+
+    model_dir = Path(args.model_dir) if args.model_dir else demo_model_dir()
+    result = load_train_result(model_dir)
+    world = load_world(args.world)
+    result_json = write_card(result, model_dir, world, args.world or world_dir(), quick=args.quick)
+    write_json(result_json, args.json)
+    if args.json != "-":
+        print(f"wrote {model_dir / 'README.md'}")
+    return 0
+
+
+def write_card(result, out: Path, world, world_folder, *, quick: bool) -> dict:
+    """Measure the trained model and (re)write its card `out/README.md`, keeping the old card's
+    hand-written sections; returns the measured numbers."""
+    from core.demo_card import kept_sections, model_card
+    from core.demo_recall import measure_recall, subject_token_effects
+
+    card_path = Path(out) / "README.md"
+    kept = kept_sections(card_path.read_text(encoding="utf-8")) if card_path.is_file() else ""
     print("measuring recall and the trace check for the model card …", flush=True)
     recall = measure_recall(result.model, result.tokenizer, world.facts, world.relations)
     effects = subject_token_effects(result.model, result.tokenizer, world.knowns[:100])
+    trace = memit = None
+    if not quick:
+        trace, memit = card_checks(out, world_folder)
     summary = {"seed": world.seed, "n_facts": len(world.facts),
                "n_subjects": world.facts["subject"].nunique(), "n_relations": len(world.relations),
                "people_per_prefix": world.people_per_prefix,
                "relations_per_person": world.relations_per_person}
-    (out / "README.md").write_text(model_card(result, recall, effects, summary))
-    result_json = {"dir": str(out), "seconds": round(result.seconds, 1),
-                   "final_loss": result.log[-1]["loss"], **recall.as_dict(),
-                   "trace_last_subject": effects.last, "trace_first_subject": effects.first}
-    write_json(result_json, args.json)
-    if args.json != "-":
-        print(f"saved {out} after {result_json['seconds']} s; recall train {recall.train_top1:.3f}, "
-              f"held-out {recall.heldout_top1:.3f} on {recall.n_facts} facts")
-    return 0
+    card_path.write_text(model_card(result, recall, effects, summary, trace=trace, memit=memit, kept=kept),
+                         encoding="utf-8")
+    return {"dir": str(out), "seconds": round(result.seconds, 1), "final_loss": result.log[-1]["loss"],
+            **recall.as_dict(), "trace_last_subject": effects.last, "trace_first_subject": effects.first,
+            "suggested_layers": trace["suggested_layers"] if trace else None,
+            "memit_n100": {"pre": memit["pre"], "post": memit["post"]} if memit else None}
+
+
+def card_checks(model_dir, world_folder, n: int = 100) -> tuple[dict, dict]:
+    """The model card's averaged trace (`trace-avg --n 100 --kind all --samples 3`) and MEMIT
+    evaluation (`eval --n 100`, demo preset) of the model saved in `model_dir`."""
+    from dataclasses import replace
+
+    from core.evaluation import evaluate_edit
+    from core.hparams import DEMO_PRESET, MemitHparams
+    from core.model import load_model
+    from core.requests import load_dataset_requests
+    from core.trace_avg import average_traces, load_facts
+    from core.tracing import TraceSettings
+    from workbench.cli.edit import TqdmProgress
+
+    src = Path(world_folder)
+    handle = load_model(str(model_dir), device="cpu")
+    progress = TqdmProgress()
+    try:
+        avg = average_traces(handle, load_facts(src / "knowns.json"), n=n, kinds=("hidden", "mlp", "attn"),
+                             settings=replace(TraceSettings(), samples=3), progress=progress)
+        requests, _ = load_dataset_requests(str(src / "counterfact.json"), n)
+        corpus = src / "corpus.txt"        # the world's own text for the key statistics C
+        hp = MemitHparams(**{**DEMO_PRESET, "corpus": str(corpus) if corpus.is_file() else "demo"})
+        ev = evaluate_edit(handle, requests, hparams=hp, progress=progress)
+    finally:
+        progress.close()
+    return avg.to_dict(), ev.to_dict()
 
 
 def cmd_recall(args: argparse.Namespace) -> int:

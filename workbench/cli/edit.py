@@ -203,9 +203,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from core.editing import edit, revert
     from core.errors import BadInputError
-    from core.metrics import counterfact_scores, summarize
+    from core.evaluation import SCORES, evaluate_edit
     from core.model import assets_dir
     from core.requests import load_dataset_requests
 
@@ -218,33 +217,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     handle = common.load_from_args(args)
     hp = hparams_from_args(handle, args)
     progress = TqdmProgress()
-    t0 = time.perf_counter()
-    exclude = not args.all_neighbours
-    pre = summarize(counterfact_scores(handle, requests, progress=progress, exclude_edited_neighbours=exclude))
-    t1 = time.perf_counter()
-    applied = edit(handle, requests, method=args.method, hparams=hp, progress=progress)
-    t2 = time.perf_counter()
-    post = summarize(counterfact_scores(handle, applied.result.requests, progress=progress,
-                                        exclude_edited_neighbours=exclude))
-    t3 = time.perf_counter()
-    revert(handle, applied)
-    progress.close()
-    keys = ("ES", "PS", "NS", "S")
-    out = {"n": len(applied.result.requests), "model": handle.name, "dataset": dataset,
-           "method": applied.result.method, "layers": applied.result.layers,
-           "pre": {k: pre[k] for k in keys}, "post": {k: post[k] for k in keys},
-           "magnitudes": {"pre": {k: pre[k] for k in ("EM", "PM", "NM")},
-                          "post": {k: post[k] for k in ("EM", "PM", "NM")}},
-           "seconds": dict(applied.result.timings, edit=t2 - t1, pre_eval=t1 - t0, post_eval=t3 - t2,
-                           total=t3 - t0),
-           "neighbours_excluded": post.get("neighbours_excluded", 0),
-           "hparams": applied.result.hparams, "skipped": len(skipped), "notes": applied.result.notes}
+    try:
+        ev = evaluate_edit(handle, requests, method=args.method, hparams=hp, progress=progress,
+                           exclude_edited_neighbours=not args.all_neighbours)
+    finally:
+        progress.close()
+    out = {"n": ev.n, "model": handle.name, "dataset": dataset, **ev.to_dict(), "skipped": len(skipped)}
     write_json(out, args.json)
     if args.json != "-":
-        for note in applied.result.notes:
+        for note in ev.notes:
             print(f"note: {note}")
-        print(f"{out['n']} edits in layers {out['layers']} ({t2 - t1:.1f} s; {len(skipped)} records skipped; "
-              f"{out['neighbours_excluded']} neighbourhood prompts about subjects edited under the same "
-              "relation left out of NS)")
-        print_scores(pre, post, keys)
+        print(f"{out['n']} edits in layers {out['layers']} ({ev.seconds['edit']:.1f} s; {len(skipped)} records "
+              f"skipped; {out['neighbours_excluded']} neighbourhood prompts about subjects edited under the "
+              "same relation left out of NS)")
+        print_scores(ev.pre, ev.post, SCORES)
     return 0
