@@ -42,7 +42,7 @@ class TrainConfig:
     n_layer: int = 8            # more layers give the trace a "middle" to peak in
     n_embd: int = 128
     n_head: int = 4
-    n_inner: int = 1024         # MLP width (MEMIT's key dimensions)
+    n_inner: int = 2048         # MLP width = MEMIT's key dimensions (1,024 stored 100 edits with NS 91 %, 2,048 with 96 %)
     n_positions: int = 128      # documents are ≤ ~80 tokens
     epochs: int = 55
     batch_size: int = 32

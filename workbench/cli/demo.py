@@ -22,7 +22,7 @@ def register(sub) -> None:
     add_json_arg(b)
     b.set_defaults(handler=cmd_build_world)
 
-    t = dsub.add_parser("train", help="train the demo model on the world (2 CPU threads: ~26 min)")
+    t = dsub.add_parser("train", help="train the demo model on the world (2 CPU threads: ~43 min)")
     t.add_argument("--world", default=None, help="world folder (default assets/world/)")
     t.add_argument("--out", default=None, help="output folder (default assets/demo-model/)")
     t.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
