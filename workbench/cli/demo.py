@@ -127,7 +127,7 @@ def write_card(result, out: Path, world, world_folder, *, quick: bool) -> dict:
     effects = subject_token_effects(result.model, result.tokenizer, world.knowns[:100])
     trace = memit = None
     if not quick:
-        trace, memit = card_checks(out, world_folder)
+        trace, memit = card_checks(result, out, world_folder)
     summary = {"seed": world.seed, "n_facts": len(world.facts),
                "n_subjects": world.facts["subject"].nunique(), "n_relations": len(world.relations),
                "people_per_prefix": world.people_per_prefix,
@@ -140,21 +140,22 @@ def write_card(result, out: Path, world, world_folder, *, quick: bool) -> dict:
             "memit_n100": {"pre": memit["pre"], "post": memit["post"]} if memit else None}
 
 
-def card_checks(model_dir, world_folder, n: int = 100) -> tuple[dict, dict]:
+def card_checks(result, model_dir, world_folder, n: int = 100) -> tuple[dict, dict]:
     """The model card's averaged trace (`trace-avg --n 100 --kind all --samples 3`) and MEMIT
-    evaluation (`eval --n 100`, demo preset) of the model saved in `model_dir`."""
+    evaluation (`eval --n 100`, demo preset) of the trained model in `result` (already in memory:
+    not loaded again from `model_dir`; the edit is reverted bit-exactly)."""
     from dataclasses import replace
 
     from core.evaluation import evaluate_edit
     from core.hparams import DEMO_PRESET, MemitHparams
-    from core.model import load_model
+    from core.model import wrap_model
     from core.requests import load_dataset_requests
     from core.trace_avg import average_traces, load_facts
     from core.tracing import TraceSettings
     from workbench.cli.edit import TqdmProgress
 
     src = Path(world_folder)
-    handle = load_model(str(model_dir), device="cpu")
+    handle = wrap_model(result.model, result.tokenizer, name=str(model_dir))
     progress = TqdmProgress()
     try:
         avg = average_traces(handle, load_facts(src / "knowns.json"), n=n, kinds=("hidden", "mlp", "attn"),
