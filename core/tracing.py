@@ -115,6 +115,8 @@ class TraceResult:
     settings: dict                       # TraceSettings fields + noise_level actually used
     skipped_cells: int = 0               # cells filled without a forward (known in closed form)
     shared_cells: int = 0                # cells copied from an identical restoration
+    forwards: int = 0                    # corrupted forwards run for the grid
+    block_evals: int = 0                 # Σ rows × tokens fed × blocks run over those forwards
 
     @property
     def effects(self) -> np.ndarray:
@@ -298,6 +300,7 @@ def run_grid(prep: PreparedTrace, kind: str = "hidden", *, batched: bool = True,
     runs = plan.runs
     max_cells = cells_per_forward(handle, T, S, prep.settings.memory_mb) if batched else 1
     skip = batched and reuse_prefix
+    work: dict = {}
     report = None
     if progress:   # counted in grid cells (filled and shared ones finish with the runs)
         def report(done: int, total: int, phase: str) -> None:
@@ -310,7 +313,7 @@ def run_grid(prep: PreparedTrace, kind: str = "hidden", *, batched: bool = True,
                   first_layers=[first_block(kind, layers) for _, layers in runs] if skip else None,
                   corrupted_hidden=prep.corrupted_hidden if skip else None,
                   first_tokens=[t for t, _ in runs] if skip and prune_positions else None,
-                  kv=prep.corrupted_kv if skip and prune_positions else None)
+                  kv=prep.corrupted_kv if skip and prune_positions else None, work=work)
     if progress and not runs:
         progress(T * L, T * L, kind)
     p = p.double().numpy()
@@ -321,6 +324,7 @@ def run_grid(prep: PreparedTrace, kind: str = "hidden", *, batched: bool = True,
         subject_span=(prep.span.start, prep.span.end), answer=prep.answer,
         answer_id=prep.answer_id, settings=prep.settings_dict(),
         skipped_cells=plan.skipped, shared_cells=plan.shared,
+        forwards=work.get("forwards", 0), block_evals=work.get("block_evals", 0),
     )
 
 

@@ -186,7 +186,7 @@ def clean_forward(handle, input_ids: torch.Tensor, components: tuple[str, ...]):
 def run_cells(handle, input_ids, span, noise, answer_id: int, n_cells: int, patches_for,
               max_cells: int, progress=None, phase: str = "", first_layers: list[int] | None = None,
               corrupted_hidden: torch.Tensor | None = None, first_tokens: list[int] | None = None,
-              kv=None) -> torch.Tensor:
+              kv=None, work: dict | None = None) -> torch.Tensor:
     """P(answer) averaged over the S noise samples for each of `n_cells` restorations.
 
     patches_for(cells: list[int]) -> list[Patch] builds the patches of a chunk of cells, with
@@ -195,7 +195,9 @@ def run_cells(handle, input_ids, span, noise, answer_id: int, n_cells: int, patc
     forward must run, see `skip_depth`) and `corrupted_hidden`, a forward skips the blocks its
     rows share with the corrupted run; with `first_tokens` (the first token each cell's patches touch) and `kv` (the
     corrupted run's keys/values) it feeds only the tokens from there on. `plan_chunks` groups
-    cells so that little is recomputed. Returns (n_cells,).
+    cells so that little is recomputed. `work`, when given, accumulates "forwards" and
+    "block_evals" (rows × tokens fed × blocks run, summed over forwards: the compute, in units
+    of one block on one token of one noisy row). Returns (n_cells,).
     """
     S, T, L = noise.shape[0], input_ids.shape[1], handle.n_layers
     skip = bool(first_layers) and corrupted_hidden is not None
@@ -204,11 +206,16 @@ def run_cells(handle, input_ids, span, noise, answer_id: int, n_cells: int, patc
     out = torch.empty(n_cells)
     done = 0
     for chunk in plan_chunks(toks, blocks, T, L, S, max_cells):
+        patches, prefix = patches_for(chunk), min(toks[i] for i in chunk)
+        if work is not None:   # what corrupted_forward will run: blocks after skip_depth, tokens ≥ prefix
+            first = skip_depth(patches) + 1 if skip else 0
+            work["forwards"] = work.get("forwards", 0) + 1
+            work["block_evals"] = work.get("block_evals", 0) + len(chunk) * S * (T - prefix) * (L - first)
         with handle.lock, torch.no_grad():
             p, _ = corrupted_forward(handle, input_ids, span, noise, len(chunk) * S,
-                                     patches_for(chunk), answer_id,
+                                     patches, answer_id,
                                      corrupted_hidden=corrupted_hidden if skip else None,
-                                     kv=kv, prefix=min(toks[i] for i in chunk))
+                                     kv=kv, prefix=prefix)
         out[chunk] = p.view(len(chunk), S).mean(dim=1)                         # mean over samples
         done += len(chunk)
         if progress:

@@ -96,3 +96,6 @@ def test_bench_trace_reports_both_paths(model_dir):
     assert r["max_abs_diff"] < 1e-6
     assert r["ratio"] == pytest.approx(r["loop_s"] / r["batched_s"])
     assert r["forwards_loop"] == r["cells"] and r["forwards_batched"] < r["forwards_loop"]
+    T, L = r["n_tokens"], r["n_layers"]
+    assert r["block_evals_loop"] == 3 * T * L * 2 * T * L        # three kinds × cells × S rows × T × L
+    assert 1 < r["work_ratio"] == pytest.approx(r["block_evals_loop"] / r["block_evals_batched"])

@@ -343,6 +343,33 @@ def test_cached_prefix_feeds_fewer_tokens(prep, monkeypatch):
     np.testing.assert_allclose(grid.scores[prep.span.last], sev.normal, atol=1e-6)
 
 
+def test_block_evals_count_what_the_blocks_ran(prep):
+    """`block_evals` (rows × tokens × blocks) equals what plain forward hooks see: every block
+    that runs calls its MLP once (a block skipped by nnsight does not), on (rows, tokens, d)."""
+    handle = prep.handle
+    seen = []
+    mlps = [get_path(get_path(handle.hf, handle.spec.layers)[i], handle.spec.mlp)
+            for i in range(handle.n_layers)]
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0] * args[0].shape[1]))
+             for m in mlps]
+    small = TraceSettings(**{**STRONG.__dict__, "memory_mb": 0.05})
+    prep_small = prepare_trace(handle, prep.prompt, prep.subject, settings=small)
+    try:
+        for kind in KINDS:
+            for kw in ({}, {"batched": False}, {"reuse_prefix": False}, {"prune_positions": False}):
+                seen.clear()
+                grid = run_grid(prep_small, kind, **kw)
+                assert grid.block_evals == sum(seen) > 0, (kind, kw)
+                assert grid.forwards > 0
+            loop = run_grid(prep_small, kind, batched=False)
+            T, L, S = prep.n_tokens, handle.n_layers, STRONG.samples
+            assert loop.forwards == T * L and loop.block_evals == T * L * S * T * L
+            assert run_grid(prep_small, kind).block_evals < loop.block_evals / 2
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def test_cache_kv_refuses_partial_caches():
     from transformers import DynamicCache
 

@@ -8,6 +8,12 @@ the same numbers. The CPU may be shared: each repeat times the batched grid and 
 back, and the medians are reported (`ratio`: the median of the per-repeat ratios).
 `batched_full_s` times the batched grid feeding every token to every block, to show how much of
 the gain is batching and how much is computation skipped.
+
+`work_ratio` is the loop's compute over the batched grid's, counted in block evaluations (one
+block on one token of one noisy row; `TraceResult.block_evals`): what the ratio would be if
+both paths were purely compute-bound. Where a forward costs mostly fixed overhead (a GPU with a
+small model), `ratio` rises above it; where the forwards are compute-bound (a CPU core running
+the demo model at tens of GFLOP/s), `ratio` stays at or below it.
 """
 
 from __future__ import annotations
@@ -56,18 +62,11 @@ def _timed(fn):
     return time.perf_counter() - t0, out
 
 
-def _forwards(run_grid, prep, kind: str, **kw) -> int:
-    """Forwards a grid runs: its progress callback fires once per forward."""
-    calls = []
-    run_grid(prep, kind, progress=lambda *a: calls.append(1), **kw)
-    return len(calls)
-
-
 def bench_kind(prep, kind: str, repeats: int) -> dict:
     """Medians over `repeats` of the batched grid, the same without reuse, and the loop."""
     from core.tracing import run_grid
 
-    run_grid(prep, kind)                                       # warm-up (allocator, nnsight caches)
+    warm = run_grid(prep, kind)                                # warm-up (allocator, nnsight caches)
     times = {"batched": [], "full": [], "loop": []}
     for _ in range(max(1, repeats)):
         t, batched = _timed(lambda: run_grid(prep, kind))
@@ -77,14 +76,17 @@ def bench_kind(prep, kind: str, repeats: int) -> dict:
         t, loop = _timed(lambda: run_grid(prep, kind, batched=False))
         times["loop"].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    T, L = prep.n_tokens, prep.handle.n_layers
+    T, L, S = prep.n_tokens, prep.handle.n_layers, prep.settings.samples
+    loop_work = T * L * S * T * L                          # every cell: S rows × T tokens × L blocks
     return {
         "batched_s": med["batched"], "loop_s": med["loop"],
         "ratio": statistics.median(lp / b for lp, b in zip(times["loop"], times["batched"])),
         "batched_full_s": med["full"], "ratio_full": med["loop"] / med["full"],
         "max_abs_diff": float(abs(batched.scores - loop.scores).max()),
         "cells": T * L, "skipped_cells": batched.skipped_cells, "shared_cells": batched.shared_cells,
-        "forwards_batched": _forwards(run_grid, prep, kind), "forwards_loop": T * L,
+        "forwards_batched": warm.forwards, "forwards_loop": T * L,
+        "block_evals_batched": warm.block_evals, "block_evals_loop": loop_work,
+        "work_ratio": loop_work / max(1, warm.block_evals),
         "batched_runs_s": times["batched"], "loop_runs_s": times["loop"],
     }
 
@@ -110,9 +112,11 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         torch.set_num_threads(threads)
     total = {key: sum(r[key] for r in per_kind.values())
-             for key in ("batched_s", "loop_s", "cells", "skipped_cells", "forwards_batched", "forwards_loop")}
+             for key in ("batched_s", "loop_s", "cells", "skipped_cells", "forwards_batched", "forwards_loop",
+                         "block_evals_batched", "block_evals_loop")}
     return {
         **total, "ratio": total["loop_s"] / total["batched_s"],
+        "work_ratio": total["block_evals_loop"] / max(1, total["block_evals_batched"]),
         "max_abs_diff": max(r["max_abs_diff"] for r in per_kind.values()),
         "kinds": per_kind,
         "model": handle.name, "device": str(handle.device), "dtype": str(handle.dtype).replace("torch.", ""),
