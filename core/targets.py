@@ -166,6 +166,13 @@ def key_group(req: EditRequest) -> tuple[str, str]:
     return req.subject, req.prompt[:req.prompt.index("{}")]
 
 
+def tail_tokens(tokenizer, req: EditRequest) -> int:
+    """Tokens after the subject in the filled prompt plus the target: what each of the edit's
+    rows feeds from δ's position on."""
+    rest = req.prompt[req.prompt.index("{}") + 2:] + " " + req.target_new.strip()
+    return len(tokenizer(rest, add_special_tokens=False)["input_ids"])
+
+
 def compute_targets(handle, requests: list[EditRequest], layer: int, context_templates: list[str], hp,
                     *, batch_size: int | None = None, progress=None) -> TargetResult:
     """zᵢ for every request at block `layer` (Eq. 16); about `batch_size` edits per padded batch
@@ -179,8 +186,12 @@ def compute_targets(handle, requests: list[EditRequest], layer: int, context_tem
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
         groups.setdefault(key_group(r), []).append(i)
+    # Rows are left-padded and a step feeds every row from the batch's earliest δ position, so
+    # a batch costs about (its longest tail after the subject) per row: batch similar tails.
+    tails = {i: tail_tokens(handle.tokenizer, r) for i, r in enumerate(requests)}
+    order = sorted(groups.values(), key=lambda m: (max(tails[i] for i in m), m[0]))
     chunks, cur = [], []
-    for members in groups.values():
+    for members in order:
         cur += members
         if len(cur) >= chunk:
             chunks.append(cur)

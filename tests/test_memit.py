@@ -97,6 +97,25 @@ def reference_z(handle, req, layer, templates, hp) -> torch.Tensor:
     return state["h"] + delta.detach()
 
 
+def test_batches_group_edits_by_tail_length(monkeypatch, corpus):
+    """Chunks hold edits with similar token counts after the subject (less left padding fed)."""
+    import core.targets as targets
+
+    h = make_tiny_handle("gpt2")
+    tails = [targets.tail_tokens(h.tokenizer, r) for r in REQUESTS]
+    rest = REQUESTS[0].prompt[REQUESTS[0].prompt.index("{}") + 2:] + " " + REQUESTS[0].target_new
+    assert tails[0] == len(h.tokenizer(rest, add_special_tokens=False)["input_ids"])
+    seen = []
+    original = targets._optimise
+    monkeypatch.setattr(targets, "_optimise", lambda hd, reqs, *a: seen.append(
+        [targets.tail_tokens(hd.tokenizer, r) for r in reqs]) or original(hd, reqs, *a))
+    hp = small_hparams(corpus, v_steps=2)
+    res = compute_targets(h, REQUESTS, 1, ["{}"], hp, batch_size=2)
+    assert [t for chunk in seen for t in chunk] == sorted(tails) and len(seen) == 2
+    ref = compute_targets(h, REQUESTS, 1, ["{}"], hp, batch_size=1)       # order does not matter
+    assert torch.allclose(res.z, ref.z, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gptj", "gpt_neox", "qwen2"])
 def test_batched_z_equals_serial_and_plain_hook_reference(family, corpus):
     h = make_tiny_handle(family)
