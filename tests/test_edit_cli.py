@@ -215,3 +215,24 @@ def test_evaluate_edit_reverts_when_scoring_after_the_edit_fails(tmp_path, monke
         evaluation.evaluate_edit(handle, REQUESTS[:2], hparams=hp)
     assert calls == [False, True]           # scored before (unedited) and after (edited)
     assert_unchanged(handle, snap)
+
+
+def test_tqdm_progress_one_bar_per_phase():
+    import io
+
+    from workbench.cli.common import TqdmProgress
+
+    out = io.StringIO()
+    progress = TqdmProgress("tracing", file=out)
+    progress(1, 4, "covariance")
+    first = progress.bar
+    progress(3, 4, "covariance")
+    assert progress.bar is first and first.n == 3
+    progress(2, 10, "targets")                      # a new phase closes the old bar
+    assert progress.bar is not first and progress.bar.n == 2 and progress.bar.total == 10
+    progress(10, 10, "targets")                     # a finished phase closes its bar
+    assert progress.bar is None
+    progress(1, 2, "")
+    assert progress.bar.desc == "tracing"
+    progress.close()
+    assert "covariance" in out.getvalue() and "targets" in out.getvalue()

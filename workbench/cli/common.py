@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: model options, JSON output, error → exit code 2."""
+"""Shared CLI plumbing: model options, JSON output, progress bars, error → exit code 2."""
 
 from __future__ import annotations
 
@@ -9,6 +9,32 @@ import sys
 from pathlib import Path
 
 from core.errors import WorkbenchError
+
+
+class TqdmProgress:
+    """A core progress callback, progress(done, total, phase), drawn as one tqdm bar per phase:
+    a bar closes when its phase completes or the next phase starts."""
+
+    def __init__(self, default_desc: str = "working", file=None):
+        self.bar, self.phase = None, None
+        self.default_desc, self.file = default_desc, file
+
+    def __call__(self, done: int, total: int, phase: str) -> None:
+        from tqdm import tqdm
+
+        if phase != self.phase or self.bar is None:
+            self.close()
+            self.bar = tqdm(total=total, desc=phase or self.default_desc, leave=False, file=self.file)
+            self.phase = phase
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -152,7 +152,7 @@ def card_checks(result, model_dir, world_folder, n: int = 100) -> tuple[dict, di
     from core.requests import load_dataset_requests
     from core.trace_avg import average_traces, load_facts
     from core.tracing import TraceSettings
-    from workbench.cli.edit import TqdmProgress
+    from workbench.cli.common import TqdmProgress
 
     src = Path(world_folder)
     handle = wrap_model(result.model, result.tokenizer, name=str(model_dir))

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from workbench.cli import common
-from workbench.cli.common import add_json_arg, add_model_args, write_json
+from workbench.cli.common import TqdmProgress, add_json_arg, add_model_args, write_json
 
 
 def add_hparam_args(p: argparse.ArgumentParser) -> None:
@@ -73,27 +73,6 @@ def hparams_from_args(handle, args):
                     corpus=args.corpus, n_samples=args.n_samples, batch_size=args.batch_size)
     handle.check_layers(hp.layers)
     return hp
-
-
-class TqdmProgress:
-    """progress(done, total, phase) -> one tqdm bar per phase."""
-
-    def __init__(self):
-        self.bar, self.phase = None, None
-
-    def __call__(self, done: int, total: int, phase: str) -> None:
-        from tqdm import tqdm
-
-        if phase != self.phase or self.bar is None:
-            self.close()
-            self.bar, self.phase = tqdm(total=total, desc=phase, leave=False), phase
-        self.bar.total = total
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def register(sub) -> None:

@@ -233,7 +233,8 @@ def _setup(args):
     from core.hparams import is_demo
     from core.rome import rome_hparams
     from core.scaling import check_methods
-    from workbench.cli.edit import TqdmProgress, hparams_from_args
+    from workbench.cli.common import TqdmProgress
+    from workbench.cli.edit import hparams_from_args
 
     methods = check_methods(args.methods.split(","))
     handle = common.load_from_args(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.cli.common import add_json_arg, add_model_args, load_from_args, write_json
+from workbench.cli.common import TqdmProgress, add_json_arg, add_model_args, load_from_args, write_json
 
 
 def register(sub) -> None:
@@ -69,23 +69,6 @@ def settings_from_args(args):
                          window=args.window, seed=args.seed, memory_mb=args.memory_mb).validate()
 
 
-def tqdm_progress():
-    """A core progress callback drawing one tqdm bar per phase."""
-    from tqdm import tqdm
-
-    bars: dict[str, object] = {}
-
-    def progress(done: int, total: int, phase: str) -> None:
-        bar = bars.get(phase)
-        if bar is None:
-            bar = bars[phase] = tqdm(total=total, desc=phase or "tracing", unit="step", leave=False)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return progress
-
-
 def _kinds(kind: str) -> list[str]:
     from core.tracing import KINDS
 
@@ -101,7 +84,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     handle = load_from_args(args)
     prep = prepare_trace(handle, args.prompt, args.subject, args.answer, settings)
-    progress = tqdm_progress()
+    progress = TqdmProgress("tracing")
     results = {k: run_grid(prep, k, progress=progress) for k in kinds}
     severed = None if args.no_severed else run_severed(prep, progress=progress)
     suggestion = suggest_from_trace(severed) if severed is not None else (
@@ -175,7 +158,7 @@ def cmd_trace_avg(args: argparse.Namespace) -> int:
     handle = load_from_args(args)
     avg = average_traces(handle, facts, n=args.n, kinds=kinds, settings=settings,
                          severed=not args.no_severed, layer_range_size=args.range_size,
-                         progress=tqdm_progress())
+                         progress=TqdmProgress("tracing"))
     write_json(avg.to_dict(), args.json)
     if args.png:
         from workbench.charts.export import write_png
