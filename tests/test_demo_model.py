@@ -75,6 +75,29 @@ def test_load_model_demo_and_greedy_answer(shipped):
     assert text.startswith(" " + f["object"])
 
 
+def test_demo_preset_lambda_follows_the_range(shipped):
+    """A range chosen on the trace page (or --layers) brings the λ measured for it on the demo."""
+    import argparse
+
+    from core.hparams import DEMO_LAMBDA_BY_R, DEMO_PRESET, preset_for
+    from core.model import load_model
+    from workbench.cli.edit import add_hparam_args, hparams_from_args
+
+    handle = load_model("demo", device="cpu")
+    assert preset_for(handle).layers == DEMO_PRESET["layers"] == [0]
+    assert preset_for(handle).mom2_weight == DEMO_PRESET["mom2_weight"] == DEMO_LAMBDA_BY_R[(0,)]
+    assert preset_for(handle, layers=[1, 0]).mom2_weight == DEMO_LAMBDA_BY_R[(0, 1)] == 100.0
+    assert preset_for(handle, layers=[2, 3]).mom2_weight == DEMO_PRESET["mom2_weight"]   # not measured
+    p = argparse.ArgumentParser()
+    add_hparam_args(p)
+    args = p.parse_args(["--layers", "0,1"])
+    args.method = "memit"
+    assert hparams_from_args(handle, args).mom2_weight == 100.0
+    args = p.parse_args(["--layers", "0-1", "--lambda", "7"])
+    args.method = "memit"
+    assert hparams_from_args(handle, args).mom2_weight == 7.0
+
+
 def test_curriculum_mask_hides_early_subject_tokens():
     m = curriculum_mask(8, [(2, 5)])
     brute = torch.zeros(8, 8, dtype=torch.bool)

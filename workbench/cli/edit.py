@@ -61,7 +61,7 @@ def hparams_from_args(handle, args):
 
     if args.method != "memit":
         return None
-    hp = preset_for(handle) if not args.hparams else None
+    hp = preset_for(handle, layers=parse_layers(args.layers)) if not args.hparams else None
     if args.hparams:
         try:
             d = json.loads(Path(args.hparams).read_text(encoding="utf-8"))
