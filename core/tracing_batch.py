@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.tracing_cache import plan_chunks, prefix_cache
+from core.tracing_cache import overhead_scale, plan_chunks, prefix_cache
 
 COMPONENTS = ("attn", "mlp", "hidden")  # execution order inside one block
 
@@ -205,7 +205,8 @@ def run_cells(handle, input_ids, span, noise, answer_id: int, n_cells: int, patc
     toks = list(first_tokens) if first_tokens is not None and kv is not None else [0] * n_cells
     out = torch.empty(n_cells)
     done = 0
-    for chunk in plan_chunks(toks, blocks, T, L, S, max_cells):
+    overhead = overhead_scale(handle.d_model, handle.d_mlp, torch.device(handle.device).type)
+    for chunk in plan_chunks(toks, blocks, T, L, S, max_cells, overhead):
         patches, prefix = patches_for(chunk), min(toks[i] for i in chunk)
         if work is not None:   # what corrupted_forward will run: blocks after skip_depth, tokens ≥ prefix
             first = skip_depth(patches) + 1 if skip else 0

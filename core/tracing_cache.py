@@ -23,13 +23,27 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-# Cost model of one forward, in units of "one row × one token × one block" (≈ 12·d² MACs).
-# Fitted on the 8-layer d=128 demo model on one CPU thread: a forward's fixed cost (nnsight
-# setup, masks) ≈ 300 units, each block run adds ≈ 15 units of per-module overhead, each row ≈ 5
-# (embedding, unembedding). Only the plan depends on these; every plan gives the same numbers.
+# Cost model of one forward, in units of "one row × one token × one block".
+# Fitted on the first 8-layer demo model (d = 128, d_mlp = 512: 12·d² MACs per unit) on one CPU
+# thread: a forward's fixed cost (nnsight setup, masks) ≈ 300 units, each block run adds ≈ 15
+# units of per-module overhead, each row ≈ 5 (embedding, unembedding). These are fixed times, so
+# on a CPU they are fewer units of a model whose blocks cost more MACs (`overhead_scale`; on the
+# shipped d_mlp 2,048 model ≈ 1/3: its default-prompt grids then run 13 forwards each instead of
+# 7, with 12 % less work and ≈ 7 % less time). Only the plan depends on these; every plan gives
+# the same numbers.
 FORWARD_COST = 300.0
 BLOCK_COST = 15.0
 ROW_COST = 5.0
+FITTED_BLOCK_MACS = 12 * 128 ** 2
+
+
+def overhead_scale(d_model: int, d_mlp: int, device_type: str) -> float:
+    """The fixed costs above in units of this model's block evaluation: the fitted block's MACs
+    over this one's (attention projections 4·d², MLP 2·d·d_mlp) on a CPU, where a forward is
+    compute-bound; 1 elsewhere (not fitted: kept as measured)."""
+    if device_type != "cpu":
+        return 1.0
+    return FITTED_BLOCK_MACS / float(4 * d_model ** 2 + 2 * d_model * d_mlp)
 
 
 def cache_kv(cache, n_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
@@ -60,15 +74,16 @@ def prefix_cache(handle, kv: list[tuple[torch.Tensor, torch.Tensor]], prefix: in
 
 
 def forward_cost(n_cells: int, rows_per_cell: int, n_tokens: int, n_layers: int,
-                 first_token: int, first_block: int) -> float:
+                 first_token: int, first_block: int, overhead: float = 1.0) -> float:
     """Estimated cost of one forward of `n_cells` restorations fed tokens first_token … T−1 and
-    running blocks first_block … L−1."""
+    running blocks first_block … L−1 (fixed costs × `overhead`, see `overhead_scale`)."""
     blocks, rows = n_layers - first_block, n_cells * rows_per_cell
-    return FORWARD_COST + blocks * BLOCK_COST + rows * (ROW_COST + (n_tokens - first_token) * blocks)
+    return (overhead * (FORWARD_COST + blocks * BLOCK_COST)
+            + rows * (overhead * ROW_COST + (n_tokens - first_token) * blocks))
 
 
 def plan_chunks(tokens: list[int], blocks: list[int], n_tokens: int, n_layers: int,
-                rows_per_cell: int, max_cells: int) -> list[list[int]]:
+                rows_per_cell: int, max_cells: int, overhead: float = 1.0) -> list[list[int]]:
     """Group cells into forwards of at most `max_cells` cells, keeping `forward_cost` low.
 
     tokens[i]: the first token cell i must feed (0 without a cache); blocks[i]: the first block
@@ -85,10 +100,10 @@ def plan_chunks(tokens: list[int], blocks: list[int], n_tokens: int, n_layers: i
     corners = [(t, b) for t in np.unique(tok) for b in np.unique(blk)]
     ct = np.array([c[0] for c in corners])
     cb = np.array([c[1] for c in corners])
-    per_cell = rows_per_cell * (ROW_COST + (n_tokens - ct) * (n_layers - cb)).astype(float)
+    per_cell = rows_per_cell * (overhead * ROW_COST + (n_tokens - ct) * (n_layers - cb)).astype(float)
     fits = (tok[:, None] >= ct[None]) & (blk[:, None] >= cb[None])             # (cells, corners)
     cost = np.where(fits, per_cell[None], np.inf)
-    fixed = FORWARD_COST + BLOCK_COST * (n_layers - cb)
+    fixed = overhead * (FORWARD_COST + BLOCK_COST * (n_layers - cb))
 
     def total(open_: list[int]) -> float:
         return float(cost[:, open_].min(axis=1).sum() + fixed[open_].sum())

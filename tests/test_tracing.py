@@ -395,3 +395,24 @@ def test_plan_chunks_partitions_and_beats_fixed_grouping():
     singles = [[i] for i in range(48)]
     assert cost(plan) <= min(cost(by_token), cost(by_block), cost(singles))
     assert plan_chunks([0, 0, 0], [0, 0, 0], 4, 2, 1, max_cells=1) == [[0], [1], [2]]
+
+
+def test_cheaper_fixed_costs_plan_more_forwards_and_less_work():
+    from core.tracing_cache import overhead_scale
+
+    assert overhead_scale(128, 512, "cpu") == pytest.approx(1.0)        # the fitted shape
+    assert overhead_scale(128, 2048, "cpu") == pytest.approx(1 / 3)     # 4·d² + 2·d·d_mlp MACs
+    assert overhead_scale(4096, 16384, "cuda") == 1.0                   # not fitted off the CPU
+    tokens = [t for t in range(6) for _ in range(8)]
+    blocks = [b for _ in range(6) for b in range(8)]
+
+    def work(chunks):   # rows × tokens × blocks, as run_cells counts it
+        return sum(len(c) * 10 * (6 - min(tokens[i] for i in c)) * (8 - min(blocks[i] for i in c))
+                   for c in chunks)
+
+    plans = [plan_chunks(tokens, blocks, 6, 8, 10, max_cells=48, overhead=o) for o in (1.0, 1 / 3, 0.0)]
+    for plan in plans:
+        assert sorted(i for c in plan for i in c) == list(range(48))
+    assert len(plans[0]) < len(plans[1]) < len(plans[2]) == 48           # no fixed cost: one per cell
+    assert work(plans[0]) > work(plans[1]) > work(plans[2])
+    assert work(plans[2]) == sum(10 * (6 - t) * (8 - b) for t, b in zip(tokens, blocks))
