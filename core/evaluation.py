@@ -28,6 +28,7 @@ class EditEvaluation:
     seconds: dict                 # the edit's phases, plus edit / pre_eval / post_eval / total
     hparams: dict
     notes: list[str] = field(default_factory=list)
+    stored_fraction: dict = field(default_factory=dict)   # MEMIT: {layer: median share stored}
 
     def to_dict(self) -> dict:
         return {"n": self.n, "method": self.method, "layers": list(self.layers),
@@ -35,7 +36,8 @@ class EditEvaluation:
                 "magnitudes": {"pre": {k: self.pre[k] for k in MAGNITUDES},
                                "post": {k: self.post[k] for k in MAGNITUDES}},
                 "seconds": dict(self.seconds), "neighbours_excluded": self.post.get("neighbours_excluded", 0),
-                "hparams": dict(self.hparams), "notes": list(self.notes)}
+                "hparams": dict(self.hparams), "notes": list(self.notes),
+                "stored_fraction": {str(k): v for k, v in self.stored_fraction.items()}}
 
 
 def evaluate_edit(handle, requests, *, method: str = "memit", hparams=None, progress=None,
@@ -57,4 +59,4 @@ def evaluate_edit(handle, requests, *, method: str = "memit", hparams=None, prog
     return EditEvaluation(
         n=len(res.requests), method=res.method, layers=list(res.layers), pre=pre, post=post,
         seconds=dict(res.timings, edit=t2 - t1, pre_eval=t1 - t0, post_eval=t3 - t2, total=t3 - t0),
-        hparams=dict(res.hparams), notes=list(res.notes))
+        hparams=dict(res.hparams), notes=list(res.notes), stored_fraction=dict(res.stored_fraction))

@@ -31,7 +31,9 @@ class EditResult:
 
     deltas: ΔW per edited layer in the stored layout of W_out (Conv1D (d_mlp, d), Linear
     (d, d_mlp)), CPU fp32. per_edit: one row per request (subject, target_new, loss, nll, kl,
-    steps, h_norm, delta_norm). residual_norms: mean ‖zᵢ − hᵢᴸ‖ before each layer's update.
+    steps, h_norm, delta_norm, stored). residual_norms: mean ‖zᵢ − hᵢᴸ‖ before each layer's update.
+    stored_fraction: per layer, the median over edits of the share of that layer's residual its
+    ΔW writes on the edit's own key (`stored_fraction`); per_edit["stored"] is its mean over R.
     """
 
     method: str
@@ -45,6 +47,7 @@ class EditResult:
     requests: list[EditRequest]
     residual_norms: dict[int, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    stored_fraction: dict[int, float] = field(default_factory=dict)
 
 
 # ---- Eq. 14 -------------------------------------------------------------------------------------
@@ -59,6 +62,19 @@ def solve_delta(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, lam: float) -
     A = lam * C + K.T @ K                                   # (d_mlp, d_mlp), symmetric
     adj = torch.linalg.solve(A, K.T)                        # (d_mlp, n) = A⁻¹ Kᵀ
     return R.T @ adj.T                                      # (d, d_mlp)
+
+
+def stored_fraction(K: torch.Tensor, R: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """(n,) How much of each residual the update writes on its own key: ⟨Δkᵢ, rᵢ⟩ / ‖rᵢ‖².
+
+    K: (n, d_mlp) keys, R: (n, d) residuals, delta: (d, d_mlp) from `solve_delta`. By Woodbury,
+    K Δᵀ = M (I + M)⁻¹ R with M = K C⁻¹ Kᵀ / λ: about 1 while the keys are far apart in the
+    metric C⁻¹ relative to λ, falling as a batch fills the layer's key space (M's smallest
+    eigenvalues shrink as n approaches d_mlp) — the layer's capacity, seen per edit.
+    """
+    R = R.double()
+    got = K.double() @ delta.double().T                     # (n, d) Δkᵢ
+    return (got * R).sum(dim=1) / (R * R).sum(dim=1).clamp_min(1e-30)
 
 
 def to_layout(delta: torch.Tensor, layout: str) -> torch.Tensor:
@@ -104,11 +120,12 @@ def spread_update(handle, requests, layers: list[int], context_templates: list[s
                   covs: dict[int, torch.Tensor], lam: float, progress=None) -> tuple[dict, dict]:
     """Algorithm 1, lines 5-15: ΔW for each layer of R, ascending, on the partly edited model.
 
-    Returns ({layer: ΔW in the stored layout, CPU fp32}, {layer: mean ‖zᵢ − hᵢᴸ‖ before its update}).
-    The weights are restored bit-exactly before returning, also on any exception.
+    Returns ({layer: ΔW in the stored layout, CPU fp32}, {layer: mean ‖zᵢ − hᵢᴸ‖ before its
+    update}, {layer: (n,) `stored_fraction` of that layer's share}). The weights are restored
+    bit-exactly before returning, also on any exception.
     """
     L = max(layers)
-    deltas, residual_norms = {}, {}
+    deltas, residual_norms, shares = {}, {}, {}
     weights = {layer: handle.mlp_out_weight(layer) for layer in layers}
     originals = {layer: w.detach().clone() for layer, w in weights.items()}
     try:
@@ -119,6 +136,7 @@ def spread_update(handle, requests, layers: list[int], context_templates: list[s
                 residual_norms[layer] = float(resid.norm(dim=1).mean())
                 R = resid / (len(layers) - i)                                   # Eq. 20
                 delta = solve_delta(K, R, covs[layer], lam)                     # Eq. 14, (d, d_mlp)
+                shares[layer] = stored_fraction(K, R, delta).float().cpu()      # (n,)
                 stored = to_layout(delta, handle.spec.layout)
                 with torch.no_grad():
                     w0 = originals[layer]
@@ -130,7 +148,7 @@ def spread_update(handle, requests, layers: list[int], context_templates: list[s
         with handle.lock, torch.no_grad():
             for layer, w in weights.items():
                 w.copy_(originals[layer])
-    return deltas, residual_norms
+    return deltas, residual_norms, shares
 
 
 
@@ -177,8 +195,9 @@ def execute_memit(handle, requests: list[EditRequest], hparams: MemitHparams | N
     timings["targets"] = tz.seconds
 
     t = time.perf_counter()
-    deltas, residual_norms = spread_update(handle, reqs, layers, templates, tz.z,
-                                           {l: stats[l].C for l in layers}, hp.mom2_weight, progress)
+    deltas, residual_norms, shares = spread_update(handle, reqs, layers, templates, tz.z,
+                                                   {l: stats[l].C for l in layers}, hp.mom2_weight,
+                                                   progress)
     timings["update"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
@@ -190,9 +209,11 @@ def execute_memit(handle, requests: list[EditRequest], hparams: MemitHparams | N
         "loss": tz.loss, "nll": tz.nll, "kl": tz.kl, "steps": tz.steps,
         "h_norm": tz.h.norm(dim=1).cpu().tolist(),
         "delta_norm": (tz.z - tz.h).norm(dim=1).cpu().tolist(),
+        "stored": torch.stack([shares[l] for l in layers]).mean(dim=0).tolist(),
     })
     hp_dict = hp.to_dict()
     hp_dict["context_templates"] = templates
     return EditResult(method="memit", layers=layers, deltas=deltas, delta_norms=delta_norms,
                       relative_norms=relative, per_edit=per_edit, timings=timings, hparams=hp_dict,
-                      requests=reqs, residual_norms=residual_norms, notes=notes)
+                      requests=reqs, residual_norms=residual_norms, notes=notes,
+                      stored_fraction={l: float(shares[l].median()) for l in layers})

@@ -42,7 +42,11 @@ for col, (_, row) in zip(cols, table.head(4).iterrows()):
 st.dataframe(table, hide_index=True, key="metrics_table",
              column_config={c: st.column_config.NumberColumn(c, format="%.1f") for c in ("before", "after")})
 with st.expander(f"Per-edit rows ({len(run.requests)})"):
-    st.dataframe(results_flow.per_edit_table(run), hide_index=True, key="per_edit_table")
+    st.dataframe(results_flow.per_edit_table(run), hide_index=True, key="per_edit_table",
+                 column_config={"stored": st.column_config.NumberColumn(
+                     "stored", format="%.2f", help="MEMIT: the share of its change each layer's update "
+                     "wrote on this edit's own key, ⟨ΔW kᵢ, rᵢ⟩ / ‖rᵢ‖² (mean over R). Near 1 the layer "
+                     "had room; it falls when many keys crowd the layer or λ is large.")})
 
 st.subheader("Weight change per layer")
 st.caption("‖ΔW‖ of each edited MLP output matrix, absolute and relative to ‖W‖. MEMIT spreads "
@@ -51,6 +55,8 @@ norm_fig = edit_charts.delta_norm_chart(run.result)
 st.plotly_chart(norm_fig, key="delta_norms")
 if edit_flow.size_warning(run.result):
     st.warning(edit_flow.size_warning(run.result), icon=":material/warning:")
+if edit_flow.capacity_warning(run.result):
+    st.warning(edit_flow.capacity_warning(run.result), icon=":material/warning:")
 if "delta_norm" in run.result.per_edit:
     st.plotly_chart(edit_charts.contribution_chart(run.result), key="per_edit_chart")
 

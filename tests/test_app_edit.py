@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -70,6 +71,8 @@ def test_edit_three_rows_then_metrics_and_delta_norm_chart_then_undo(app_model):
     metric_tables = [d.value for d in at.dataframe if "metric" in d.value.columns]
     assert metric_tables and {"before", "after"} <= set(metric_tables[0].columns)
     assert "Score S (%)" in set(metric_tables[0]["metric"])
+    per_edit = [d.value for d in at.dataframe if "stored" in d.value.columns]
+    assert per_edit and per_edit[0]["stored"].tolist() == pytest.approx(run.result.per_edit["stored"].tolist())
     norm_charts = [sp for sp in plotly_specs(at) if "norm" in json.dumps(sp.get("layout", {})).lower()]
     assert norm_charts
     xs = sorted({int(x) for tr in norm_charts[0]["data"] for x in array(tr["x"]).tolist()})

@@ -38,7 +38,9 @@ def test_edit_applies_prints_saves_and_writes_json(setup, capsys):
     out = capsys.readouterr().out
     assert "warning: row 3 repeats row 1" in out and "edited 2 facts in layers [0, 1]" in out
     assert "before" in out and "after" in out and "layer 1: ‖ΔW‖" in out
+    assert "% of its share (median edit)" in out
     r = json.loads((tmp / "r.json").read_text())
+    assert set(r["stored_fraction"]) == {"0", "1"} and all(0 < f <= 1.01 for f in r["stored_fraction"].values())
     assert r["n"] == 2 and r["layers"] == [0, 1] and set(r["pre"]) >= {"ES", "PS", "NS", "S"}
     assert set(r["seconds"]) >= {"targets", "update", "covariance", "pre_eval", "post_eval"}
     changed = [k for k in snap if not torch.equal(snap[k], handle.hf.state_dict()[k])]
@@ -69,8 +71,10 @@ def test_eval_reports_pre_post_in_percent_and_reverts(setup, capsys):
         assert set(s[phase]) == {"ES", "PS", "NS", "S"}
         assert all(v is None or 0 <= v <= 100 for v in s[phase].values())
     assert set(s["seconds"]) >= {"edit", "pre_eval", "post_eval", "targets", "update", "total"}
+    assert set(s["stored_fraction"]) == {"0", "1"}
     assert_unchanged(handle, snap)
-    assert "ES" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ES" in out and "layer 1: the update stored" in out
 
 
 BAD_INPUTS = [
@@ -236,3 +240,14 @@ def test_tqdm_progress_one_bar_per_phase():
     assert progress.bar.desc == "tracing"
     progress.close()
     assert "covariance" in out.getvalue() and "targets" in out.getvalue()
+
+
+def test_capacity_warning_names_the_crowded_layer():
+    from types import SimpleNamespace
+
+    from workbench.edit_flow import capacity_warning
+
+    assert capacity_warning(SimpleNamespace(stored_fraction={})) is None           # ROME / FT-W
+    assert capacity_warning(SimpleNamespace(stored_fraction={0: 0.9, 1: 0.75})) is None
+    text = capacity_warning(SimpleNamespace(stored_fraction={0: 0.62, 1: 0.4}))
+    assert text.startswith("Layer 1 stored only 40 %") and "fewer facts" in text

@@ -9,7 +9,7 @@ import torch
 import core.editing as editing
 import core.memit as memit
 from core.errors import BadInputError
-from core.memit import execute_memit, keys_and_hidden, solve_delta
+from core.memit import execute_memit, keys_and_hidden, solve_delta, stored_fraction
 from core.requests import RequestValidationError
 from core.subject import locate_subject
 from core.targets import compute_targets
@@ -41,6 +41,28 @@ def test_eq14_equals_least_squares_solution_of_eq9():
     delta = solve_delta(K1.T, (M1 - W0 @ K1).T, C, lam)                   # rows: keys / residuals
     assert delta.dtype == torch.float64
     assert torch.allclose(delta, W1 - W0, atol=1e-9, rtol=1e-9)
+
+
+def test_stored_fraction_equals_woodbury_closed_form():
+    """K Δᵀ = M (I + M)⁻¹ R with M = K C⁻¹ Kᵀ / λ; the stored share falls as keys crowd the layer."""
+    g = torch.Generator().manual_seed(1)
+    d, d_mlp, lam = 5, 12, 2.0
+    A = torch.randn(d_mlp, d_mlp, generator=g, dtype=torch.float64)
+    C = A @ A.T / d_mlp + 0.1 * torch.eye(d_mlp, dtype=torch.float64)
+    medians = []
+    for n in (2, 6, 11):
+        K = torch.randn(n, d_mlp, generator=g, dtype=torch.float64)
+        R = torch.randn(n, d, generator=g, dtype=torch.float64)
+        frac = stored_fraction(K, R, solve_delta(K, R, C, lam))
+        M = K @ torch.linalg.solve(C, K.T) / lam                                # (n, n)
+        realised = M @ torch.linalg.solve(torch.eye(n, dtype=torch.float64) + M, R)
+        expected = (realised * R).sum(1) / (R * R).sum(1)
+        assert torch.allclose(frac, expected, atol=1e-10)
+        medians.append(float(frac.median()))
+    assert 0 < medians[2] < medians[0] < 1                                       # crowding costs storage
+    K = torch.randn(3, d_mlp, generator=g, dtype=torch.float64)
+    R = torch.randn(3, d, generator=g, dtype=torch.float64)
+    assert torch.allclose(stored_fraction(K, R, solve_delta(K, R, C, 1e-9)), torch.ones(3, dtype=torch.float64))
 
 
 # ---- targets z (Eq. 16) -------------------------------------------------------------------------
@@ -186,6 +208,8 @@ def test_memit_update_stores_the_new_memories(family, corpus):
     m = K @ lin(W0).T + (z1 - hL)                                               # m = W₀k + r
     W1 = lin(W0 + result.deltas[1])
     assert torch.allclose(K @ W1.T, m, atol=1e-3 * float(m.abs().max()))
+    assert result.stored_fraction[1] == pytest.approx(1.0, abs=1e-3)         # λ → 0: all stored
+    assert result.per_edit["stored"].to_numpy() == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.slow
@@ -220,6 +244,8 @@ def test_execute_memit_leaves_weights_bit_exact_and_is_deterministic(tiny_handle
     assert list(r1.per_edit["subject"]) == [r.subject for r in REQUESTS]
     assert set(r1.timings) >= {"context", "covariance", "targets", "update", "total"}
     assert all(r1.relative_norms[k] > 0 for k in r1.layers)
+    assert set(r1.stored_fraction) == set(r1.layers)
+    assert all(0 < f < 1 for f in r1.stored_fraction.values())                  # λ C holds some back
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])

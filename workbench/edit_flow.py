@@ -118,6 +118,19 @@ def size_warning(result, limit: float = 1.0) -> str | None:
             "or a larger λ.")
 
 
+def capacity_warning(result, limit: float = 0.7) -> str | None:
+    """A warning when, for the median edit, some layer's update wrote less than `limit` of its
+    share of the residual on the edit's own key (MEMIT's `stored_fraction`)."""
+    low = {layer: f for layer, f in result.stored_fraction.items() if f < limit}
+    if not low:
+        return None
+    layer, f = min(low.items(), key=lambda kv: kv[1])
+    return (f"Layer {layer} stored only {100 * f:.0f} % of its share of the change for the median "
+            "edit: the batch's keys crowd the layer's key space (Eq. 14 has to trade them against "
+            "each other and against λ·C), so edits take less and leak more. Edit fewer facts at "
+            "once, add layers to R, or lower λ.")
+
+
 def generation_entropy(gens: pd.DataFrame, column: str) -> float:
     """GE (Appendix C.2) of the sampled generations about the edited subjects."""
     from core.genmetrics import generation_entropy as ge

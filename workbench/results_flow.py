@@ -38,7 +38,7 @@ def per_edit_table(run: RunRecord) -> pd.DataFrame:
             out[f"{c} before"] = pre[c]
             out[f"{c} after"] = post[c]
     out["new object top-1 after"] = post["new_top1"].astype(bool)
-    extra = [c for c in ("loss", "steps", "delta_norm") if c in run.result.per_edit]
+    extra = [c for c in ("loss", "steps", "delta_norm", "stored") if c in run.result.per_edit]
     if len(run.result.per_edit) == len(out):
         for c in extra:
             out[c] = run.result.per_edit[c].to_numpy()

@@ -156,8 +156,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
           f"({result.timings.get('total', 0):.1f} s)")
     print_scores(pre, post)
     for layer in result.layers:
+        stored = result.stored_fraction.get(layer)
         print(f"  layer {layer}: ‖ΔW‖ = {result.delta_norms[layer]:.4g}  "
-              f"(‖ΔW‖/‖W‖ = {result.relative_norms[layer]:.3g})")
+              f"(‖ΔW‖/‖W‖ = {result.relative_norms[layer]:.3g})"
+              + (f"  stored {100 * stored:.0f} % of its share (median edit)" if stored is not None else ""))
     if args.out:
         out = Path(args.out)
         with handle.lock:
@@ -175,7 +177,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         print(f"recorded as batch {record.id} in {ledger.root} (undo: workbench session undo)")
     write_json({"n": len(result.requests), "method": result.method, "layers": result.layers,
                 "pre": pre, "post": post, "delta_norms": result.delta_norms,
-                "relative_norms": result.relative_norms,
+                "relative_norms": result.relative_norms, "stored_fraction": result.stored_fraction,
                 "seconds": dict(result.timings, pre_eval=t_pre, post_eval=t_post),
                 "per_edit": post_df.to_dict(orient="records"), "notes": result.notes}, args.json)
     return 0
@@ -210,4 +212,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"skipped; {out['neighbours_excluded']} neighbourhood prompts about subjects edited under the "
               "same relation left out of NS)")
         print_scores(ev.pre, ev.post, SCORES)
+        for layer, stored in ev.stored_fraction.items():
+            print(f"  layer {layer}: the update stored {100 * stored:.0f} % of its share of the "
+                  "residual for the median edit")
     return 0
