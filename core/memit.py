@@ -117,7 +117,7 @@ def keys_and_hidden(handle, requests: list[EditRequest], layer: int, z_layer: in
 # ---- Algorithm 1 --------------------------------------------------------------------------------
 
 def spread_update(handle, requests, layers: list[int], context_templates: list[str], z: torch.Tensor,
-                  covs: dict[int, torch.Tensor], lam: float, progress=None) -> tuple[dict, dict]:
+                  covs: dict[int, torch.Tensor], lam: float, progress=None) -> tuple[dict, dict, dict]:
     """Algorithm 1, lines 5-15: ΔW for each layer of R, ascending, on the partly edited model.
 
     Returns ({layer: ΔW in the stored layout, CPU fp32}, {layer: mean ‖zᵢ − hᵢᴸ‖ before its
