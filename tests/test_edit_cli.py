@@ -194,6 +194,8 @@ def test_bench_memit_on_a_tiny_gptj_shape(tmp_path):
     for r in out["z"]:
         assert r["ratio"] == pytest.approx(r["serial_s_per_edit"] / r["batched_s_per_edit"])
         assert r["z_max_abs_diff"] < 1e-4 and r["serial_edits"] == r["n"]
+        assert r["tokens_per_edit_serial"] > 0 and r["tokens_per_edit_batched"] > 0
+        assert r["work_ratio"] == pytest.approx(r["tokens_per_edit_serial"] / r["tokens_per_edit_batched"])
     assert set(out["update_s"]) == {"1", "3"} and out["cov_tokens_per_s"] > 0 and out["peak_rss_mb"] > 0
 
 

@@ -5,6 +5,9 @@ One process, one model, the same requests and context prefixes for every measure
   serially (one edit at a time, the same code with batch size 1) — seconds per edit and their
   ratio for each n. Serial time per edit does not depend on n, so `--serial-max` may time it on
   the first edits only (reported as `serial_edits`); both paths must give the same z (max |Δz|).
+  `work_ratio` compares the tokens each path feeds per edit (all steps; every token runs the
+  same blocks): below 1 when batching pads rows, so on a compute-bound CPU `ratio` is only the
+  fixed per-step cost saved.
 - the update (Algorithm 1, lines 5-15: keys, residuals, Eq. 14 solves) for the same n;
 - covariance statistics (Eq. 15) throughput in corpus tokens per second;
 - peak resident memory (and peak GPU memory on CUDA).
@@ -165,8 +168,10 @@ def run(args: argparse.Namespace) -> dict:
         row = {"n": n, "batched_s_per_edit": batched.seconds / n, "serial_s_per_edit": serial.seconds / k,
                "serial_edits": k, "batched_s": batched.seconds, "serial_s": serial.seconds,
                "z_max_abs_diff": float((batched.z[idx].to(serial.z.device) - serial.z).abs().max()),
-               "mean_steps": sum(batched.steps) / n, "batched_forwards": batched.forwards}
+               "mean_steps": sum(batched.steps) / n, "batched_forwards": batched.forwards,
+               "tokens_per_edit_batched": batched.tokens / n, "tokens_per_edit_serial": serial.tokens / k}
         row["ratio"] = row["serial_s_per_edit"] / row["batched_s_per_edit"]
+        row["work_ratio"] = row["tokens_per_edit_serial"] / max(row["tokens_per_edit_batched"], 1e-9)
         if cuda and peak:
             row["mfu"] = _z_flops(handle, batched.tokens, L) / batched.seconds / (peak * 1e12)
             mfu = row["mfu"]
@@ -177,7 +182,8 @@ def run(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         update_s[str(n)] = time.perf_counter() - t
         print(f"n={n:5d}  batched {row['batched_s_per_edit']:.4f} s/edit  serial "
-              f"{row['serial_s_per_edit']:.4f} s/edit  ratio {row['ratio']:.1f}x  update {update_s[str(n)]:.2f} s",
+              f"{row['serial_s_per_edit']:.4f} s/edit  ratio {row['ratio']:.1f}x  (work ratio "
+              f"{row['work_ratio']:.2f}x)  update {update_s[str(n)]:.2f} s",
               flush=True)
     out = {"model": handle.name, "device": str(handle.device), "dtype": str(handle.dtype).replace("torch.", ""),
            "n_params": handle.n_params, "layers": hp.layers, "z_layer": L, "v_steps": hp.v_steps,
