@@ -6,7 +6,9 @@ weights (edit → metrics → bit-exact revert), plus the unedited model as a re
 plots ES/PS/NS/S and GE against n on a log axis, with the unedited model as the dotted line.
 Every row: method, n, ES, PS, NS, S (percent), GE (bits, mean n-gram entropy of sampled text
 about the first `gen_sample` subjects), RS (TF-IDF cosine ·100, when reference texts are
-given), seconds (computing the edit), the ΔW norms. NS leaves out, by default, neighbourhood
+given), seconds (computing the edit), the ΔW norms, and for MEMIT `stored`: the median share
+of its residual the most crowded layer of R could store, in percent (`EditResult.stored_fraction`; it falls
+with n as the batch fills the layers' key space). NS leaves out, by default, neighbourhood
 prompts about subjects the same batch edits under the same relation (their true object changes on
 purpose; `core.metrics.edited_neighbours`); `neighbours_excluded` counts them.
 """
@@ -31,7 +33,7 @@ from core.rome import rome_hparams
 DEFAULT_METHODS = ("memit", "rome", "ft")
 REFERENCE = "unedited"
 COLUMNS = ["method", "n", "ES", "PS", "NS", "S", "GE", "RS", "EM", "PM", "NM", "seconds",
-           "delta_norm", "relative_norm", "layers", "neighbours_excluded"]
+           "delta_norm", "relative_norm", "stored", "layers", "neighbours_excluded"]
 
 
 @dataclass
@@ -79,11 +81,13 @@ def evaluate(handle, requests, *, gen_sample: int = 10, references=None, max_new
 
 def _row(method, n, summary, seconds=None, result=None) -> dict:
     row = {"method": method, "n": n, **{k: summary.get(k) for k in ("ES", "PS", "NS", "S", "GE", "RS", "EM", "PM", "NM")},
-           "seconds": seconds, "delta_norm": None, "relative_norm": None, "layers": None,
+           "seconds": seconds, "delta_norm": None, "relative_norm": None, "stored": None, "layers": None,
            "neighbours_excluded": summary.get("neighbours_excluded", 0)}
     if result is not None:
         row.update(delta_norm=sum(result.delta_norms.values()),
                    relative_norm=max(result.relative_norms.values()),
+                   stored=(100 * min(result.stored_fraction.values())
+                           if result.stored_fraction else None),                    # percent
                    layers=",".join(str(x) for x in result.layers))
     return row
 

@@ -66,6 +66,8 @@ def test_compare_methods_rows_match_direct_metrics(tiny_handle, hp):
     for k in ("ES", "PS", "NS", "EM"):
         assert t.loc[1, k] == pytest.approx(direct[k], abs=1e-9)
     assert t["GE"].notna().all() and t["RS"].isna().all()           # no reference texts given
+    assert t.loc[1, "stored"] == pytest.approx(100 * min(comp.results["memit"].stored_fraction.values()))
+    assert 0 < t.loc[1, "stored"] <= 101 and t["stored"][[0, 2, 3]].isna().all()   # MEMIT only
     assert set(comp.per_edit) == {"unedited", "memit", "rome", "ft"}
     assert method_hparams(h, "rome", hp).layers == [0] and method_hparams(h, "ft", hp).layer == 1
 

@@ -250,7 +250,7 @@ def _setup(args):
 
 
 def _print_rows(df) -> None:
-    print_table(df, ["method", "n", "ES", "PS", "NS", "S", "GE", "RS", "seconds", "layers"])
+    print_table(df, ["method", "n", "ES", "PS", "NS", "S", "GE", "RS", "stored", "seconds", "layers"])
 
 
 def cmd_compare(args) -> int:
