@@ -82,13 +82,18 @@ with ui.guard("Hyperparameters"):
     with st.expander("Hyperparameters", expanded=False):
         st.caption(edit_flow.METHOD_NOTES[s.method]
                    + (f" R = {s.edit_layers} comes from the causal trace." if s.edit_layers else ""))
-        changes = {"layers": st.multiselect(
+        layers = st.multiselect(
             "Layers R", list(range(handle.n_layers)), default=preset.layers, key="hp_layers",
-            help="The MLP layers whose W_out is rewritten. The Causal trace page suggests them.")}
+            help="The MLP layers whose W_out is rewritten. The Causal trace page suggests them.")
+        if layers and sorted(layers) != preset.layers:   # the preset for this R (its own λ, if measured)
+            preset = edit_flow.default_hparams(handle, s.method, sorted(layers))
+        changes = {"layers": layers}
         cols = st.columns(3)
         for i, (name, label, tip) in enumerate(edit_flow.hparam_fields(s.method)):
             v = getattr(preset, name)
-            changes[name] = cols[i % 3].number_input(label, value=v, key=f"hp_{name}", help=tip,
+            # λ's widget is keyed by its default too: a range with another measured λ starts from it
+            key = f"hp_{name}_{v:g}" if name == "mom2_weight" else f"hp_{name}"
+            changes[name] = cols[i % 3].number_input(label, value=v, key=key, help=tip,
                                                      min_value=type(v)(0))
     hparams = preset.replace(**changes)
     hparams_ok = True

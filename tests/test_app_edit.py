@@ -166,3 +166,19 @@ def test_evaluate_compares_methods_on_a_small_batch(app_model):
     bars = [sp for sp in plotly_specs(at) if sp["data"] and sp["data"][0]["type"] == "bar"]
     assert len(bars) == 1 and len(bars[0]["data"]) == 3               # one bar group per method
     assert same_weights(before, weights(handle))                      # each method was undone
+
+
+def test_hyperparameters_follow_the_chosen_range(app_model):
+    """Changing R in the expander re-derives the preset for that R (on the demo model: its λ)."""
+    from core.hparams import preset_for
+
+    handle = handle_of(app_model)
+    at = open_page("edit")
+    lam = [n for n in at.number_input if n.key.startswith("hp_mom2_weight")]
+    assert lam and lam[0].value == preset_for(handle).mom2_weight
+    at.multiselect(key="hp_layers").set_value([0, 1]).run()
+    assert not at.exception, at.exception
+    lam = [n for n in at.number_input if n.key.startswith("hp_mom2_weight")]
+    assert lam[0].value == preset_for(handle, layers=[0, 1]).mom2_weight
+    if app_model == "demo":
+        assert lam[0].value == 100.0
