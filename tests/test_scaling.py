@@ -142,6 +142,11 @@ def test_scaling_and_comparison_charts():
     rome_es = next(t for t in fig.data if t.name == "ROME" and t.xaxis == "x")
     assert list(rome_es.x) == [1, 10] and list(rome_es.y) == [100.0, 60.0]
     assert next(t for t in fig.data if t.name == "unedited").line.dash == "dot"
+    df["stored"] = [None, 95.0, None, None, 80.0, None]                # MEMIT only
+    fig = scaling_figure(df)
+    assert len(fig.data) == 5 * 3 + 1 and fig.layout.xaxis6.type == "log"
+    stored = [t for t in fig.data if t.xaxis == "x6"]
+    assert [t.name for t in stored] == ["MEMIT"] and list(stored[0].y) == [95.0, 80.0]
     bars = comparison_bars(df[df["n"] == 10])
     assert [t.name for t in bars.data] == ["unedited", "MEMIT", "ROME"]
     assert list(bars.data[2].y) == [60.0, 50.0, 55.0, 55.0]

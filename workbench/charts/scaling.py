@@ -22,7 +22,7 @@ METHOD_STYLE = {
 }
 METRIC_TITLES = {"ES": "Efficacy (ES)", "PS": "Generalization (PS)", "NS": "Specificity (NS)",
                  "S": "Score (S)", "GE": "Fluency (GE, bits)", "RS": "Consistency (RS)",
-                 "seconds": "Time to compute (s)"}
+                 "seconds": "Time to compute (s)", "stored": "Stored share (MEMIT, %)"}
 
 
 def _style(method: str) -> dict:
@@ -34,8 +34,11 @@ def _present(df: pd.DataFrame, metrics) -> list[str]:
     return [m for m in metrics if m in df and pd.to_numeric(df[m], errors="coerce").notna().any()]
 
 
-def scaling_figure(df: pd.DataFrame, metrics=("ES", "PS", "NS", "S", "GE"), title: str | None = None) -> go.Figure:
-    """One panel per metric: value against number of edits n (log x), one line per method."""
+def scaling_figure(df: pd.DataFrame, metrics=("ES", "PS", "NS", "S", "GE", "stored"),
+                   title: str | None = None) -> go.Figure:
+    """One panel per metric: value against number of edits n (log x), one line per method that
+    has values there (`stored`, the share of its residual MEMIT's most crowded layer could keep,
+    exists for MEMIT only: it shows the layers filling up as n grows)."""
     metrics = _present(df, metrics) or ["ES"]
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[METRIC_TITLES.get(m, m) for m in metrics],
                         horizontal_spacing=0.06)
@@ -44,6 +47,8 @@ def scaling_figure(df: pd.DataFrame, metrics=("ES", "PS", "NS", "S", "GE"), titl
     for col, metric in enumerate(metrics, start=1):
         for method in methods:
             part = df[df["method"] == method].sort_values("n")
+            if pd.to_numeric(part[metric], errors="coerce").isna().all():
+                continue
             style = _style(method)
             fig.add_trace(go.Scatter(
                 x=part["n"], y=pd.to_numeric(part[metric], errors="coerce"), mode="lines+markers",
@@ -52,7 +57,7 @@ def scaling_figure(df: pd.DataFrame, metrics=("ES", "PS", "NS", "S", "GE"), titl
                 hovertemplate=f"{style['name']}<br>n=%{{x}}<br>{metric}=%{{y:.1f}}<extra></extra>"),
                 row=1, col=col)
         fig.update_xaxes(type="log", title_text="number of edits", row=1, col=col)
-        if metric in ("ES", "PS", "NS", "S"):
+        if metric in ("ES", "PS", "NS", "S", "stored"):
             fig.update_yaxes(range=[0, 102], row=1, col=col)
     fig.update_layout(title=title or "Editing performance against number of edits (cf. Figure 5)",
                       height=380, width=max(600, 300 * len(metrics)), template="plotly_white",
