@@ -79,7 +79,11 @@ STEPS = (
             "the stream). MEMIT first finds, by gradient descent, a hidden vector $z_i$ that "
             "makes the model say the new object (Eq. 16); then, layer by layer through R, it "
             "solves in closed form for the smallest change $\\Delta$ that stores its share of "
-            "$z_i - h^L_i$ while keeping the old keys' outputs (covariance $C_0$) unchanged."
+            "$z_i - h^L_i$ while keeping the old keys' outputs (covariance $C_0$) unchanged. "
+            "How much of its share a layer really stores depends on how crowded its key space "
+            "is: while the batch's keys are far apart (measured by $C_0$), almost all of it; as "
+            "a batch grows towards the layer's width, less, and the rest leaks onto other "
+            "subjects. The Results page shows this per edit (*stored*)."
         ),
         equations=(
             ("Eq. 16 — the target vector",
@@ -90,6 +94,8 @@ STEPS = (
             ("Eqs. 14–15 — the batch update of one layer",
              r"\Delta = R\,K_1^{\top}\left(C_0 + K_1 K_1^{\top}\right)^{-1}, \qquad "
              r"C_0 = \lambda\,\mathbb{E}_k\left[k k^{\top}\right]"),
+            ("What the update stores on the new keys (Woodbury identity)",
+             r"\Delta K_1 = R\,M\left(I + M\right)^{-1}, \qquad M = K_1^{\top} C_0^{-1} K_1"),
         ),
     ),
     Step(
