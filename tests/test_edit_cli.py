@@ -253,3 +253,28 @@ def test_capacity_warning_names_the_crowded_layer():
     assert capacity_warning(SimpleNamespace(stored_fraction={0: 0.9, 1: 0.75})) is None
     text = capacity_warning(SimpleNamespace(stored_fraction={0: 0.62, 1: 0.4}))
     assert text.startswith("Layer 1 stored only 40 %") and "fewer facts" in text
+
+
+def test_capacity_command_reports_each_size_and_changes_nothing(setup, capsys):
+    handle, opts, tmp = setup
+    cases = [{"case_id": i, "requested_rewrite": {"prompt": "{} plays the", "relation_id": "P1", "subject": s,
+                                                   "target_new": {"str": "chess"}, "target_true": {"str": "golf"}}}
+             for i, s in enumerate(["Miles Davis", "Kara Selwyn", "Orla Venn", "Norvania", "Toyota"])]
+    (tmp / "cf.json").write_text(json.dumps(cases))
+    snap = snapshot(handle)
+    opts = [o for o in opts if o not in ("--workspace", str(tmp / "ws"), "--steps", "3")]
+    rc = main(["capacity", str(tmp / "cf.json"), "--sizes", "3,1", "--outside", "2", "--lambda", "5",
+               *opts, "--json", str(tmp / "c.json")])
+    assert rc == 0
+    r = json.loads((tmp / "c.json").read_text())
+    assert r["layers"] == [0, 1] and r["lambda"] == 5.0 and r["outside"] == 2
+    assert [(row["layer"], row["n"]) for row in r["rows"]] == [(0, 1), (0, 3), (1, 1), (1, 3)]
+    for row in r["rows"]:
+        assert 0 < row["stored_p10"] <= row["stored_median"] < 1 and row["eig_min"] > 0
+        assert row["leak_median"] > 0
+    assert "stored" in capsys.readouterr().out
+    assert_unchanged(handle, snap)
+    assert main(["capacity", str(tmp / "cf.json"), "--sizes", "9", *opts]) == 2
+    assert "only 5 usable cases" in capsys.readouterr().err
+    assert main(["capacity", str(tmp / "cf.json"), "--sizes", "a,b", *opts]) == 2
+    assert "sizes" in capsys.readouterr().err

@@ -65,6 +65,29 @@ def test_stored_fraction_equals_woodbury_closed_form():
     assert torch.allclose(stored_fraction(K, R, solve_delta(K, R, C, 1e-9)), torch.ones(3, dtype=torch.float64))
 
 
+def test_key_capacity_is_what_an_update_with_orthonormal_residuals_does():
+    """Closed-form capacity (keys only) = stored share and leak of a real Eq. 14 update whose
+    residuals are orthonormal; M's eigenvalues from the Woodbury form."""
+    from core.capacity import key_capacity
+
+    g = torch.Generator().manual_seed(2)
+    d, d_mlp, n, m, lam = 16, 12, 9, 5, 0.7
+    A = torch.randn(d_mlp, d_mlp, generator=g, dtype=torch.float64)
+    C = A @ A.T / d_mlp + 0.1 * torch.eye(d_mlp, dtype=torch.float64)
+    K = torch.randn(n, d_mlp, generator=g, dtype=torch.float64)
+    K_out = torch.randn(m, d_mlp, generator=g, dtype=torch.float64)
+    R = torch.linalg.qr(torch.randn(d, n, generator=g, dtype=torch.float64))[0].T   # (n, d) orthonormal rows
+    delta = solve_delta(K, R, C, lam)
+    cap = key_capacity(K, C, lam, K_out)
+    assert torch.allclose(cap["stored"], stored_fraction(K, R, delta), atol=1e-10)
+    assert torch.allclose(cap["leak"], (K_out @ delta.T).norm(dim=1), atol=1e-10)
+    M = K @ torch.linalg.inv(C) @ K.T / lam
+    assert torch.allclose(cap["eig"], torch.linalg.eigvalsh(M), atol=1e-8)
+    assert "leak" not in key_capacity(K, C, lam)
+    more = key_capacity(torch.cat([K, torch.randn(3, d_mlp, generator=g, dtype=torch.float64)]), C, lam)
+    assert float(more["stored"].median()) < float(cap["stored"].median())    # crowding costs storage
+
+
 # ---- targets z (Eq. 16) -------------------------------------------------------------------------
 
 def reference_z(handle, req, layer, templates, hp) -> torch.Tensor:

@@ -109,6 +109,31 @@ def register(sub) -> None:
     add_json_arg(e)
     e.set_defaults(handler=cmd_eval)
 
+    c = sub.add_parser("capacity", help="how many edits fit: stored share, leak and key spectrum against n, "
+                       "from the keys alone (no editing)",
+                       description="For the first n cases of an edit set (each n of --sizes) and each layer "
+                       "of R, read the keys MEMIT would use and compute in closed form (Eq. 14, Woodbury) the "
+                       "share of an independent residual each edit would keep, the smallest eigenvalue of "
+                       "K C⁻¹ Kᵀ/λ, and how much would leak onto the keys of subjects outside the batch. "
+                       "Seconds instead of an edit; the model is not changed. Default: the demo model and "
+                       "its world's counterfact.json.")
+    c.add_argument("edits", nargs="?", default=None,
+                   help="edit requests (CSV/JSON/CounterFact/zsRE; default: the demo world's counterfact.json)")
+    c.add_argument("--sizes", default="100,300,1000", help="numbers of edits n (default 100,300,1000)")
+    c.add_argument("--outside", type=int, default=300, metavar="N",
+                   help="the next N cases after the largest n: subjects outside the batch, for the leak "
+                   "(default 300; 0 skips it)")
+    add_model_args(c)
+    c.add_argument("--layers", default=None, metavar="R", help="layers R (default: the preset's)")
+    c.add_argument("--lambda", dest="mom2_weight", type=float, default=None, metavar="X",
+                   help="λ, the covariance weight (default: the preset's)")
+    c.add_argument("--corpus", default=None, metavar="C",
+                   help="corpus for the key statistics C: demo, a file, or a dataset name (default: the preset's)")
+    c.add_argument("--n-samples", dest="n_samples", type=int, default=None, metavar="N",
+                   help="corpus records for C (default: the preset's)")
+    add_json_arg(c)
+    c.set_defaults(handler=cmd_capacity)
+
 
 def _fmt(x) -> str:
     return "   -" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:5.1f}"
@@ -215,4 +240,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for layer, stored in ev.stored_fraction.items():
             print(f"  layer {layer}: the update stored {100 * stored:.0f} % of its share of the "
                   "residual for the median edit")
+    return 0
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from core.capacity import capacity_curve
+    from core.covariance import layer_covariances
+    from core.errors import BadInputError
+    from core.hparams import preset_for
+    from core.model import assets_dir
+    from core.requests import load_dataset_requests, validate_requests
+    from core.targets import generate_context_templates
+
+    try:
+        sizes = sorted({int(x) for x in args.sizes.split(",") if x.strip()})
+    except ValueError:
+        raise BadInputError(f"'{args.sizes}' is not a list of sizes like 100,300,1000", field="sizes") from None
+    if not sizes or sizes[0] < 1:
+        raise BadInputError("sizes must be positive", field="sizes")
+    if args.outside < 0:
+        raise BadInputError(f"must be ≥ 0, got {args.outside}", field="outside")
+    path = args.edits or str(assets_dir() / "world" / "counterfact.json")
+    if not Path(path).is_file():
+        raise BadInputError(f"{path} not found", field="edits")
+    handle = common.load_from_args(args)
+    requests, _ = load_dataset_requests(path, sizes[-1] + args.outside)
+    requests = validate_requests(requests, handle.tokenizer, handle.max_length).requests
+    if len(requests) < sizes[-1]:
+        raise BadInputError(f"{path} has only {len(requests)} usable cases (largest size {sizes[-1]})",
+                            field="sizes")
+    batch_subjects = {r.subject for r in requests[:sizes[-1]]}
+    outside = [r for r in requests[sizes[-1]:] if r.subject not in batch_subjects]
+    hp = preset_for(handle, layers=parse_layers(args.layers)).replace(
+        mom2_weight=args.mom2_weight, corpus=args.corpus, n_samples=args.n_samples)
+    progress = TqdmProgress()
+    try:
+        stats = layer_covariances(handle, hp.layers, corpus=hp.corpus, n_samples=hp.n_samples,
+                                  dtype=hp.stats_dtype, batch_size=hp.stats_batch_size,
+                                  max_tokens=hp.stats_max_tokens, progress=progress)
+        templates = generate_context_templates(handle, hp.n_context, hp.context_length, hp.seed)
+        rows = capacity_curve(handle, requests, hp.layers, sizes, hp.mom2_weight, templates,
+                              {layer: stats[layer].C for layer in hp.layers}, outside=outside,
+                              progress=progress)
+    finally:
+        progress.close()
+    write_json({"model": handle.name, "edits": path, "layers": hp.layers, "lambda": hp.mom2_weight,
+                "outside": len(outside), "rows": [r.to_dict() for r in rows]}, args.json)
+    if args.json != "-":
+        print(f"capacity of layers {hp.layers} at λ = {hp.mom2_weight:g} (keys of the unedited model; "
+              f"leak onto {len(outside)} subjects outside the batch, in residuals)")
+        print(f"{'layer':>5} {'n':>6} {'stored':>7} {'p10':>6} {'eig min':>8} {'leak':>6} {'p90':>6}")
+        for r in rows:
+            leak = "-" if r.leak_median is None else f"{r.leak_median:6.2f}"
+            p90 = "-" if r.leak_p90 is None else f"{r.leak_p90:6.2f}"
+            print(f"{r.layer:>5} {r.n:>6} {r.stored_median:7.2f} {r.stored_p10:6.2f} {r.eig_min:8.3g} "
+                  f"{leak:>6} {p90:>6}")
     return 0

@@ -1,0 +1,91 @@
+"""How many edits fit in a layer, from the keys alone (no targets z, no edit).
+
+Eq. 14 writes Δ = R Kᵀ(λC + KᵀK)⁻¹ (keys K (n, d_mlp) and residuals R (n, d) as rows). On the
+batch's own keys it gives
+
+    K Δᵀ = K (λC + KᵀK)⁻¹ Kᵀ R = M (I + M)⁻¹ R,        M = K C⁻¹ Kᵀ / λ   (n, n; Woodbury)
+
+and on a key k′ outside the batch Δk′ = Rᵀ a(k′) with a(k′) = K (λC + KᵀK)⁻¹ k′ (n,). If the
+residuals were orthonormal (independent edits), edit i would keep exactly
+    stored_i = [M (I + M)⁻¹]_ii       of its residual (`core.memit.stored_fraction` measures the
+                                       same share with the real residuals after an edit), and
+    leak(k′) = ‖a(k′)‖                would land on k′, in units of one residual.
+Both need one forward per prompt to read the keys and the layer's cached C, so they can be read
+for n = 100 … 10,000 in seconds, before any editing: stored_i near 1 while the keys are far apart
+in the metric C⁻¹; as n approaches the layer's key dimension M's smallest eigenvalues fall
+towards 0 and less is stored while more leaks. Keys are read on the unedited model (for layers
+of R above the first, MEMIT reads them on the partly edited model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class CapacityRow:
+    """One (layer, n) point: shares of an orthonormal residual kept / leaked, and M's spectrum."""
+
+    layer: int
+    n: int
+    lam: float
+    stored_median: float        # median over the batch of [M (I + M)⁻¹]_ii
+    stored_p10: float           # its 10th percentile (the worst-off edits)
+    eig_min: float              # smallest eigenvalue of M = K C⁻¹ Kᵀ / λ
+    eig_median: float
+    leak_median: float | None   # median ‖a(k′)‖ over keys outside the batch (None without them)
+    leak_p90: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def key_capacity(K: torch.Tensor, C: torch.Tensor, lam: float,
+                 K_out: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Closed-form capacity of one layer for the keys K (n, d_mlp), float64.
+
+    Returns {"stored": (n,) diag of K A⁻¹ Kᵀ with A = λC + KᵀK, "eig": (n,) eigenvalues of
+    M = K C⁻¹ Kᵀ / λ (ascending), "leak": (m,) ‖K A⁻¹ k′‖ for the rows k′ of K_out (if given)}.
+    """
+    K, C = K.double(), C.to(K.device).double()
+    A = lam * C + K.T @ K                                       # (d_mlp, d_mlp), Eq. 14's matrix
+    AiKt = torch.linalg.solve(A, K.T)                           # A⁻¹ Kᵀ (d_mlp, n)
+    out = {"stored": (K * AiKt.T).sum(dim=1),                   # diag(K A⁻¹ Kᵀ) = diag(M (I+M)⁻¹)
+           "eig": torch.linalg.eigvalsh(K @ torch.linalg.solve(C, K.T) / lam)}
+    if K_out is not None and len(K_out):
+        out["leak"] = (K_out.double() @ AiKt).norm(dim=1)       # ‖K A⁻¹ k′‖ (A symmetric)
+    return out
+
+
+def capacity_curve(handle, requests, layers: list[int], sizes: list[int], lam: float,
+                   context_templates: list[str], covs: dict[int, torch.Tensor],
+                   outside=None, progress=None) -> list[CapacityRow]:
+    """`key_capacity` for the first n requests, for each n in `sizes` and each layer.
+
+    requests: at least max(sizes) edit requests; outside: requests whose subjects are not edited
+    (their keys measure the leak). Keys are those MEMIT uses (`core.memit.keys_and_hidden`:
+    last subject token, averaged over the context prompts), read once for max(sizes).
+    """
+    from core.memit import keys_and_hidden
+
+    sizes = sorted(set(int(n) for n in sizes))
+    requests = list(requests)[:sizes[-1]]
+    outside = list(outside or [])
+    rows = []
+    for j, layer in enumerate(layers):
+        K_all, _ = keys_and_hidden(handle, requests, layer, layer, context_templates)
+        K_out = keys_and_hidden(handle, outside, layer, layer, context_templates)[0] if outside else None
+        for n in sizes:
+            cap = key_capacity(K_all[:n], covs[layer], lam, K_out)
+            stored, eig, leak = cap["stored"], cap["eig"], cap.get("leak")
+            rows.append(CapacityRow(
+                layer=layer, n=n, lam=float(lam), stored_median=float(stored.median()),
+                stored_p10=float(stored.quantile(0.1)), eig_min=float(eig[0]),
+                eig_median=float(eig.median()),
+                leak_median=None if leak is None else float(leak.median()),
+                leak_p90=None if leak is None else float(leak.quantile(0.9))))
+        if progress is not None:
+            progress(j + 1, len(layers), "capacity")
+    return rows
