@@ -278,3 +278,9 @@ def test_capacity_command_reports_each_size_and_changes_nothing(setup, capsys):
     assert "only 5 usable cases" in capsys.readouterr().err
     assert main(["capacity", str(tmp / "cf.json"), "--sizes", "a,b", *opts]) == 2
     assert "sizes" in capsys.readouterr().err
+    (tmp / "e.csv").write_text(GOOD_CSV)                                   # an edit file works too
+    assert main(["capacity", str(tmp / "e.csv"), "--sizes", "2", "--outside", "0", *opts,
+                 "--json", str(tmp / "c2.json")]) == 0
+    rows = json.loads((tmp / "c2.json").read_text())["rows"]
+    assert [row["n"] for row in rows] == [2, 2] and rows[0]["leak_median"] is None
+    assert_unchanged(handle, snap)

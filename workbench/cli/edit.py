@@ -249,7 +249,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from core.errors import BadInputError
     from core.hparams import preset_for
     from core.model import assets_dir
-    from core.requests import load_dataset_requests, validate_requests
+    from core.requests import load_dataset_requests, read_requests, validate_requests
     from core.targets import generate_context_templates
 
     try:
@@ -264,7 +264,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     if not Path(path).is_file():
         raise BadInputError(f"{path} not found", field="edits")
     handle = common.load_from_args(args)
-    requests, _ = load_dataset_requests(path, sizes[-1] + args.outside)
+    if path.lower().endswith((".csv", ".tsv")):          # an edit file: strict, every problem reported
+        requests = read_requests(path)[:sizes[-1] + args.outside]
+    else:                                                # an evaluation set: its first usable records
+        requests, _ = load_dataset_requests(path, sizes[-1] + args.outside)
     requests = validate_requests(requests, handle.tokenizer, handle.max_length).requests
     if len(requests) < sizes[-1]:
         raise BadInputError(f"{path} has only {len(requests)} usable cases (largest size {sizes[-1]})",
