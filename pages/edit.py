@@ -99,6 +99,19 @@ with ui.guard("Hyperparameters"):
     hparams_ok = True
 
 ready = bool(requests) and not problems and hparams_ok
+if s.method == "memit":
+    with st.expander("Capacity check: how full would R be with this batch?"):
+        st.caption(edit_flow.CAPACITY_HELP)
+        if st.button("Check capacity", key="check_capacity", disabled=not ready,
+                     help="Reads the keys of this batch and the layers' key statistics; seconds, "
+                     "nothing is edited."):
+            with ui.guard("Capacity check"), ui.progress("Capacity check") as cb:
+                s.capacity = edit_flow.capacity_table(handle, requests, hparams, progress=cb)
+        if s.capacity is not None:
+            st.dataframe(s.capacity, hide_index=True, key="capacity_table",
+                         column_config={c: st.column_config.NumberColumn(c, format="%.3g")
+                                        for c in ("stored (median)", "stored (worst 10 %)",
+                                                  "smallest eigenvalue of M")})
 if st.button(f"Run {edit_flow.METHOD_LABELS[s.method]} on {len(requests)} edit(s)", type="primary",
              disabled=not ready, key="run_edit"):
     with ui.guard("Edit"), ui.progress("Editing") as cb:

@@ -182,3 +182,22 @@ def test_hyperparameters_follow_the_chosen_range(app_model):
     assert lam[0].value == preset_for(handle, layers=[0, 1]).mom2_weight
     if app_model == "demo":
         assert lam[0].value == 100.0
+
+
+def test_capacity_check_reads_the_batch_keys_and_changes_nothing(app_model):
+    handle = handle_of(app_model)
+    before = weights(handle)
+    at = open_page("edit")
+    at.button(key="examples_10").click().run()
+    assert not at.exception, at.exception
+    at.button(key="check_capacity").click().run()
+    assert not at.exception, at.exception
+    assert not errors(at), errors(at)
+    s = at.session_state[STATE_KEY]
+    table = s.capacity
+    assert table["edits"].tolist() == [10] * len(table) and len(table) >= 1
+    assert ((0 < table["stored (median)"]) & (table["stored (median)"] < 1)).all()
+    assert (table["stored (worst 10 %)"] <= table["stored (median)"]).all()
+    shown = [d.value for d in at.dataframe if "stored (median)" in d.value.columns]
+    assert shown and shown[0]["stored (median)"].tolist() == table["stored (median)"].tolist()
+    assert s.runs == [] and same_weights(before, weights(handle))

@@ -118,6 +118,34 @@ def size_warning(result, limit: float = 1.0) -> str | None:
             "or a larger λ.")
 
 
+CAPACITY_HELP = (
+    "MEMIT stores each edit as a key → value pair in W_out: the key is the MLP's hidden activation "
+    "at the subject's last token. Eq. 14 can keep an edit only as far as its key stands apart from "
+    "the batch's other keys (measured by the key covariance C and λ). This check reads the keys "
+    "of this batch — no editing — and gives the share of an independent change each edit would "
+    "keep (1 = all) and the smallest eigenvalue of M = K C⁻¹ Kᵀ/λ; both fall as a batch fills the "
+    "layer. Keys are read on the unedited model.")
+
+
+def capacity_table(handle, requests, hparams, progress=None) -> pd.DataFrame:
+    """How full each layer of R would be with this batch (`core.capacity`), one row per layer."""
+    from core.capacity import capacity_curve
+    from core.covariance import layer_covariances
+    from core.targets import ensure_bare, generate_context_templates
+
+    layers = handle.check_layers(hparams.layers)
+    stats = layer_covariances(handle, layers, corpus=hparams.corpus, n_samples=hparams.n_samples,
+                              dtype=hparams.stats_dtype, batch_size=hparams.stats_batch_size,
+                              max_tokens=hparams.stats_max_tokens, progress=progress)
+    templates = ensure_bare(hparams.context_templates) if hparams.context_templates is not None else \
+        generate_context_templates(handle, hparams.n_context, hparams.context_length, hparams.seed)
+    rows = capacity_curve(handle, requests, layers, [len(requests)], hparams.mom2_weight, templates,
+                          {layer: stats[layer].C for layer in layers}, progress=progress)
+    return pd.DataFrame([{"layer": r.layer, "edits": r.n, "λ": r.lam, "stored (median)": r.stored_median,
+                          "stored (worst 10 %)": r.stored_p10, "smallest eigenvalue of M": r.eig_min}
+                         for r in rows])
+
+
 def capacity_warning(result, limit: float = 0.7) -> str | None:
     """A warning when, for the median edit, some layer's update wrote less than `limit` of its
     share of the residual on the edit's own key (MEMIT's `stored_fraction`)."""

@@ -75,6 +75,7 @@ class WorkbenchState:
     draft_base: list[dict] = field(default_factory=list)
     draft_version: int = 0
     method: str = "memit"
+    capacity: Any = None                  # DataFrame from edit_flow.capacity_table (derived, not saved)
     # results
     runs: list[RunRecord] = field(default_factory=list)
     # evaluate page
