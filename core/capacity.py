@@ -52,8 +52,12 @@ def key_capacity(K: torch.Tensor, C: torch.Tensor, lam: float,
     K, C = K.double(), C.to(K.device).double()
     A = lam * C + K.T @ K                                       # (d_mlp, d_mlp), Eq. 14's matrix
     AiKt = torch.linalg.solve(A, K.T)                           # A⁻¹ Kᵀ (d_mlp, n)
-    out = {"stored": (K * AiKt.T).sum(dim=1),                   # diag(K A⁻¹ Kᵀ) = diag(M (I+M)⁻¹)
-           "eig": torch.linalg.eigvalsh(K @ torch.linalg.solve(C, K.T) / lam)}
+    S = K @ AiKt                                                # K A⁻¹ Kᵀ = M (I+M)⁻¹ (n, n)
+    S = (S + S.T) / 2
+    # eig(M) = s / (1 − s) for the eigenvalues s ∈ [0, 1) of S: no C⁻¹, which is ill-conditioned
+    # where units of the layer are (nearly) never active in the corpus
+    s = torch.linalg.eigvalsh(S).clamp(0.0, 1.0 - 1e-12)
+    out = {"stored": torch.diagonal(S).clone(), "eig": s / (1.0 - s)}
     if K_out is not None and len(K_out):
         out["leak"] = (K_out.double() @ AiKt).norm(dim=1)       # ‖K A⁻¹ k′‖ (A symmetric)
     return out
