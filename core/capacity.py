@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from core.memit import keys_and_hidden, solve_psd
+
 
 @dataclass
 class CapacityRow:
@@ -51,7 +53,7 @@ def key_capacity(K: torch.Tensor, C: torch.Tensor, lam: float,
     """
     K, C = K.double(), C.to(K.device).double()
     A = lam * C + K.T @ K                                       # (d_mlp, d_mlp), Eq. 14's matrix
-    AiKt = torch.linalg.solve(A, K.T)                           # A⁻¹ Kᵀ (d_mlp, n)
+    AiKt = solve_psd(A, K.T)                                    # A⁻¹ Kᵀ (d_mlp, n)
     S = K @ AiKt                                                # K A⁻¹ Kᵀ = M (I+M)⁻¹ (n, n)
     S = (S + S.T) / 2
     # eig(M) = s / (1 − s) for the eigenvalues s ∈ [0, 1) of S: no C⁻¹, which is ill-conditioned
@@ -72,8 +74,6 @@ def capacity_curve(handle, requests, layers: list[int], sizes: list[int], lam: f
     (their keys measure the leak). Keys are those MEMIT uses (`core.memit.keys_and_hidden`:
     last subject token, averaged over the context prompts), read once for max(sizes).
     """
-    from core.memit import keys_and_hidden
-
     sizes = sorted(set(int(n) for n in sizes))
     requests = list(requests)[:sizes[-1]]
     outside = list(outside or [])

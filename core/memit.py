@@ -60,8 +60,18 @@ def solve_delta(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, lam: float) -
     """
     K, R, C = K.double(), R.double(), C.to(K.device).double()
     A = lam * C + K.T @ K                                   # (d_mlp, d_mlp), symmetric
-    adj = torch.linalg.solve(A, K.T)                        # (d_mlp, n) = A⁻¹ Kᵀ
+    adj = solve_psd(A, K.T)                                 # (d_mlp, n) = A⁻¹ Kᵀ
     return R.T @ adj.T                                      # (d, d_mlp)
+
+
+def solve_psd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A⁻¹B for the symmetric PSD A of Eq. 14. A unit that never fires, in the corpus or in the
+    keys (possible with ReLU MLPs), leaves A singular: then the minimum-norm solution (pseudo-
+    inverse), which gives that unit's column of Δ the value 0 — its key entries are 0 anyway."""
+    try:
+        return torch.linalg.solve(A, B)
+    except torch.linalg.LinAlgError:
+        return torch.linalg.pinv(A, hermitian=True) @ B
 
 
 def stored_fraction(K: torch.Tensor, R: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

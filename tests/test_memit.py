@@ -86,6 +86,31 @@ def test_key_capacity_is_what_an_update_with_orthonormal_residuals_does():
     assert "leak" not in key_capacity(K, C, lam)
     more = key_capacity(torch.cat([K, torch.randn(3, d_mlp, generator=g, dtype=torch.float64)]), C, lam)
     assert float(more["stored"].median()) < float(cap["stored"].median())    # crowding costs storage
+    dead = C.clone()                                    # a unit that never fires: C singular
+    dead[0, :] = dead[:, 0] = 0.0
+    K0 = K.clone()
+    K0[:, 0] = 0.0
+    odd = key_capacity(K0, dead, lam)
+    assert torch.isfinite(odd["eig"]).all() and (odd["eig"] >= 0).all()
+    assert ((odd["stored"] > 0) & (odd["stored"] < 1)).all()
+
+
+def test_eq14_with_a_unit_that_never_fires_is_the_reduced_solution():
+    """A dead unit (zero row/column of C, zero in every key) makes λC + KᵀK singular: Δ is then
+    the solution without that unit, with a zero column for it."""
+    g = torch.Generator().manual_seed(3)
+    d, d_mlp, n, lam = 4, 7, 3, 2.0
+    A = torch.randn(d_mlp, d_mlp, generator=g, dtype=torch.float64)
+    C = A @ A.T / d_mlp + 0.1 * torch.eye(d_mlp, dtype=torch.float64)
+    C[2, :] = C[:, 2] = 0.0
+    K = torch.randn(n, d_mlp, generator=g, dtype=torch.float64)
+    K[:, 2] = 0.0
+    R = torch.randn(n, d, generator=g, dtype=torch.float64)
+    delta = solve_delta(K, R, C, lam)
+    keep = [i for i in range(d_mlp) if i != 2]
+    reduced = solve_delta(K[:, keep], R, C[keep][:, keep], lam)
+    assert torch.isfinite(delta).all() and delta[:, 2].abs().max() < 1e-12
+    assert torch.allclose(delta[:, keep], reduced, atol=1e-9)
 
 
 # ---- targets z (Eq. 16) -------------------------------------------------------------------------
