@@ -114,7 +114,7 @@ def register(sub) -> None:
                        description="For the first n cases of an edit set (each n of --sizes) and each layer "
                        "of R, read the keys MEMIT would use and compute in closed form (Eq. 14, Woodbury) the "
                        "share of an independent residual each edit would keep, the smallest eigenvalue of "
-                       "K C⁻¹ Kᵀ/λ, and how much would leak onto the keys of subjects outside the batch. "
+                       "Kᵀ C⁻¹ K/λ (keys as columns), and how much would leak onto the keys of subjects outside the batch. "
                        "Seconds instead of an edit; the model is not changed. Default: the demo model and "
                        "its world's counterfact.json.")
     c.add_argument("edits", nargs="?", default=None,
