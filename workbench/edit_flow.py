@@ -123,8 +123,8 @@ CAPACITY_HELP = (
     "at the subject's last token. Eq. 14 can keep an edit only as far as its key stands apart from "
     "the batch's other keys (measured by the key covariance C and λ). This check reads the keys "
     "of this batch — no editing — and gives the share of an independent change each edit would "
-    "keep (1 = all) and the smallest eigenvalue of M = Kᵀ C⁻¹ K/λ (keys as columns); both fall as a batch fills the "
-    "layer. Keys are read on the unedited model.")
+    "keep (1 = all) and the smallest eigenvalue of M = Kᵀ C⁻¹ K/λ (keys as columns); both fall "
+    "as a batch fills the layer. Keys are read on the unedited model.")
 
 
 def capacity_table(handle, requests, hparams, progress=None) -> pd.DataFrame:

@@ -109,14 +109,14 @@ def register(sub) -> None:
     add_json_arg(e)
     e.set_defaults(handler=cmd_eval)
 
-    c = sub.add_parser("capacity", help="how many edits fit: stored share, leak and key spectrum against n, "
-                       "from the keys alone (no editing)",
-                       description="For the first n cases of an edit set (each n of --sizes) and each layer "
-                       "of R, read the keys MEMIT would use and compute in closed form (Eq. 14, Woodbury) the "
-                       "share of an independent residual each edit would keep, the smallest eigenvalue of "
-                       "Kᵀ C⁻¹ K/λ (keys as columns), and how much would leak onto the keys of subjects outside the batch. "
-                       "Seconds instead of an edit; the model is not changed. Default: the demo model and "
-                       "its world's counterfact.json.")
+    c = sub.add_parser("capacity", help="how many edits fit: stored share, leak and key spectrum "
+                       "against n, from the keys alone (no editing)",
+                       description="For the first n cases of an edit set (each n of --sizes) and each "
+                       "layer of R, read the keys MEMIT would use and compute in closed form (Eq. 14, "
+                       "Woodbury) the share of an independent residual each edit would keep, the "
+                       "smallest eigenvalue of Kᵀ C⁻¹ K/λ (keys as columns), and how much would leak "
+                       "onto the keys of subjects outside the batch. Seconds instead of an edit; the "
+                       "model is not changed. Default: the demo model and its world's counterfact.json.")
     c.add_argument("edits", nargs="?", default=None,
                    help="edit requests (CSV/JSON/CounterFact/zsRE; default: the demo world's counterfact.json)")
     c.add_argument("--sizes", default="100,300,1000", help="numbers of edits n (default 100,300,1000)")
