@@ -107,7 +107,11 @@ if s.method == "memit":
                      "nothing is edited."):
             with ui.guard("Capacity check"), ui.progress("Capacity check") as cb:
                 s.capacity = edit_flow.capacity_table(handle, requests, hparams, progress=cb)
+                s.capacity_for = edit_flow.capacity_signature(requests, hparams)
         if s.capacity is not None:
+            if not ready or s.capacity_for != edit_flow.capacity_signature(requests, hparams):
+                st.info("The batch, R or λ changed since this check: check again for the current "
+                        "ones.", icon=":material/update:")
             st.dataframe(s.capacity, hide_index=True, key="capacity_table",
                          column_config={c: st.column_config.NumberColumn(c, format="%.3g")
                                         for c in ("stored (median)", "stored (worst 10 %)",

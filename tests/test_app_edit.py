@@ -201,3 +201,6 @@ def test_capacity_check_reads_the_batch_keys_and_changes_nothing(app_model):
     shown = [d.value for d in at.dataframe if "stored (median)" in d.value.columns]
     assert shown and shown[0]["stored (median)"].tolist() == table["stored (median)"].tolist()
     assert s.runs == [] and same_weights(before, weights(handle))
+    assert not [i for i in at.info if "changed since this check" in i.value]
+    at.multiselect(key="hp_layers").set_value([0, 1]).run()             # other R: the table is stale
+    assert [i for i in at.info if "changed since this check" in i.value]

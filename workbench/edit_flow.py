@@ -127,6 +127,12 @@ CAPACITY_HELP = (
     "as a batch fills the layer. Keys are read on the unedited model.")
 
 
+def capacity_signature(requests, hparams) -> tuple:
+    """What a capacity table depends on: the batch's prompts and subjects, R, λ and C's corpus."""
+    return (tuple((r.prompt, r.subject) for r in requests), tuple(hparams.layers),
+            float(hparams.mom2_weight), hparams.corpus, int(hparams.n_samples))
+
+
 def capacity_table(handle, requests, hparams, progress=None) -> pd.DataFrame:
     """How full each layer of R would be with this batch (`core.capacity`), one row per layer."""
     from core.capacity import capacity_curve

@@ -76,6 +76,7 @@ class WorkbenchState:
     draft_version: int = 0
     method: str = "memit"
     capacity: Any = None                  # DataFrame from edit_flow.capacity_table (derived, not saved)
+    capacity_for: Any = None              # edit_flow.capacity_signature of the batch it was read for
     # results
     runs: list[RunRecord] = field(default_factory=list)
     # evaluate page
