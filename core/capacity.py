@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from core.memit import keys_and_hidden, solve_psd
+from core.memit import eq14_adjoint, keys_and_hidden, prepare_context_and_stats
 
 
 @dataclass
@@ -51,9 +51,8 @@ def key_capacity(K: torch.Tensor, C: torch.Tensor, lam: float,
     Returns {"stored": (n,) diag of K A⁻¹ Kᵀ with A = λC + KᵀK, "eig": (n,) eigenvalues of
     M = K C⁻¹ Kᵀ / λ (ascending), "leak": (m,) ‖K A⁻¹ k′‖ for the rows k′ of K_out (if given)}.
     """
-    K, C = K.double(), C.to(K.device).double()
-    A = lam * C + K.T @ K                                       # (d_mlp, d_mlp), Eq. 14's matrix
-    AiKt = solve_psd(A, K.T)                                    # A⁻¹ Kᵀ (d_mlp, n)
+    K = K.double()
+    AiKt = eq14_adjoint(K, C, lam)                              # A⁻¹ Kᵀ (d_mlp, n)
     S = K @ AiKt                                                # K A⁻¹ Kᵀ = M (I+M)⁻¹ (n, n)
     S = (S + S.T) / 2
     # eig(M) = s / (1 − s) for the eigenvalues s ∈ [0, 1) of S: no C⁻¹, which is ill-conditioned
@@ -65,27 +64,30 @@ def key_capacity(K: torch.Tensor, C: torch.Tensor, lam: float,
     return out
 
 
-def capacity_curve(handle, requests, layers: list[int], sizes: list[int], lam: float,
-                   context_templates: list[str], covs: dict[int, torch.Tensor],
-                   outside=None, progress=None) -> list[CapacityRow]:
-    """`key_capacity` for the first n requests, for each n in `sizes` and each layer.
+def capacity_curve(handle, requests, hp, sizes: list[int], *, outside=None,
+                   progress=None) -> list[CapacityRow]:
+    """`key_capacity` for the first n requests, for each n in `sizes` and each layer of hp.layers
+    at λ = hp.mom2_weight, with the context prompts and key statistics an edit with `hp` would use
+    (`core.memit.prepare_context_and_stats`: C from the disk cache when it is there).
 
     requests: at least max(sizes) edit requests; outside: requests whose subjects are not edited
     (their keys measure the leak). Keys are those MEMIT uses (`core.memit.keys_and_hidden`:
     last subject token, averaged over the context prompts), read once for max(sizes).
     """
+    layers = handle.check_layers(hp.layers)
     sizes = sorted(set(int(n) for n in sizes))
     requests = list(requests)[:sizes[-1]]
     outside = list(outside or [])
+    templates, stats = prepare_context_and_stats(handle, hp, layers, {}, [], progress=progress)
     rows = []
     for j, layer in enumerate(layers):
-        K_all, _ = keys_and_hidden(handle, requests, layer, layer, context_templates)
-        K_out = keys_and_hidden(handle, outside, layer, layer, context_templates)[0] if outside else None
+        K_all, _ = keys_and_hidden(handle, requests, layer, layer, templates)
+        K_out = keys_and_hidden(handle, outside, layer, layer, templates)[0] if outside else None
         for n in sizes:
-            cap = key_capacity(K_all[:n], covs[layer], lam, K_out)
+            cap = key_capacity(K_all[:n], stats[layer].C, hp.mom2_weight, K_out)
             stored, eig, leak = cap["stored"], cap["eig"], cap.get("leak")
             rows.append(CapacityRow(
-                layer=layer, n=n, lam=float(lam), stored_median=float(stored.median()),
+                layer=layer, n=n, lam=float(hp.mom2_weight), stored_median=float(stored.median()),
                 stored_p10=float(stored.quantile(0.1)), eig_min=float(eig[0]),
                 eig_median=float(eig.median()),
                 leak_median=None if leak is None else float(leak.median()),

@@ -58,10 +58,15 @@ def solve_delta(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, lam: float) -
     K: (n, d_mlp) keys, R: (n, d) residuals, C: (d_mlp, d_mlp). Returns Δ (d, d_mlp), the update of
     W (d, d_mlp) with W k = m, in float64. Minimises Σ_old ‖(W+Δ)k − m‖² (weight λ) + Σ_new (Eq. 9).
     """
-    K, R, C = K.double(), R.double(), C.to(K.device).double()
-    A = lam * C + K.T @ K                                   # (d_mlp, d_mlp), symmetric
-    adj = solve_psd(A, K.T)                                 # (d_mlp, n) = A⁻¹ Kᵀ
-    return R.T @ adj.T                                      # (d, d_mlp)
+    adj = eq14_adjoint(K, C, lam)                           # (d_mlp, n) = A⁻¹ Kᵀ
+    return R.double().T @ adj.T                             # (d, d_mlp)
+
+
+def eq14_adjoint(K: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
+    """A⁻¹ Kᵀ (d_mlp, n), float64, with A = λC + KᵀK (keys as rows): Δ = Rᵀ (A⁻¹Kᵀ)ᵀ (Eq. 14)."""
+    K = K.double()
+    A = lam * C.to(K.device).double() + K.T @ K             # (d_mlp, d_mlp), symmetric
+    return solve_psd(A, K.T)
 
 
 def solve_psd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:

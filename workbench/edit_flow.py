@@ -136,17 +136,8 @@ def capacity_signature(requests, hparams) -> tuple:
 def capacity_table(handle, requests, hparams, progress=None) -> pd.DataFrame:
     """How full each layer of R would be with this batch (`core.capacity`), one row per layer."""
     from core.capacity import capacity_curve
-    from core.covariance import layer_covariances
-    from core.targets import ensure_bare, generate_context_templates
 
-    layers = handle.check_layers(hparams.layers)
-    stats = layer_covariances(handle, layers, corpus=hparams.corpus, n_samples=hparams.n_samples,
-                              dtype=hparams.stats_dtype, batch_size=hparams.stats_batch_size,
-                              max_tokens=hparams.stats_max_tokens, progress=progress)
-    templates = ensure_bare(hparams.context_templates) if hparams.context_templates is not None else \
-        generate_context_templates(handle, hparams.n_context, hparams.context_length, hparams.seed)
-    rows = capacity_curve(handle, requests, layers, [len(requests)], hparams.mom2_weight, templates,
-                          {layer: stats[layer].C for layer in layers}, progress=progress)
+    rows = capacity_curve(handle, requests, hparams, [len(requests)], progress=progress)
     return pd.DataFrame([{"layer": r.layer, "edits": r.n, "λ": r.lam, "stored (median)": r.stored_median,
                           "stored (worst 10 %)": r.stored_p10, "smallest eigenvalue of M": r.eig_min}
                          for r in rows])

@@ -50,18 +50,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="accelerator peak for MFU (default: from the device name)")
 
 
-def _sizes(text: str) -> list[int]:
-    from core.errors import BadInputError
-
-    try:
-        sizes = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise BadInputError(f"'{text}' is not a list of sizes like 1,16,64", field="sizes") from None
-    if not sizes or sizes[0] < 1:
-        raise BadInputError("sizes must be positive", field="sizes")
-    return sizes
-
-
 def gptj_shaped_handle(n_layer: int, d: int, tokenizer_dir: str, device: str):
     """A random-weight GPT-J of the given depth/width (bf16 on GPU) with the GPT-2 tokenizer."""
     from transformers import GPT2TokenizerFast, GPTJConfig, GPTJForCausalLM
@@ -122,9 +110,9 @@ def run(args: argparse.Namespace) -> dict:
     from core.model import assets_dir
     from core.requests import load_dataset_requests, validate_requests
     from core.targets import compute_targets, generate_context_templates
-    from workbench.cli.common import load_from_args
+    from workbench.cli.common import load_from_args, parse_sizes
 
-    sizes = _sizes(args.sizes)
+    sizes = parse_sizes(args.sizes)
     cuda = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
     shaped = args.gptj_shaped or (cuda and args.model == "demo")
     if shaped:

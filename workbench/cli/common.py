@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from core.errors import WorkbenchError
+from core.errors import BadInputError, WorkbenchError
 
 
 class TqdmProgress:
@@ -35,6 +35,17 @@ class TqdmProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'1,16,64' -> [1, 16, 64] (sorted, unique, each ≥ 1) for the --sizes options."""
+    try:
+        sizes = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise BadInputError(f"'{text}' is not a list of sizes like 1,16,64", field="sizes") from None
+    if not sizes or sizes[0] < 1:
+        raise BadInputError("sizes must be positive", field="sizes")
+    return sizes
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -245,19 +245,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_capacity(args: argparse.Namespace) -> int:
     from core.capacity import capacity_curve
-    from core.covariance import layer_covariances
     from core.errors import BadInputError
     from core.hparams import preset_for
     from core.model import assets_dir
     from core.requests import load_dataset_requests, read_requests, validate_requests
-    from core.targets import generate_context_templates
 
-    try:
-        sizes = sorted({int(x) for x in args.sizes.split(",") if x.strip()})
-    except ValueError:
-        raise BadInputError(f"'{args.sizes}' is not a list of sizes like 100,300,1000", field="sizes") from None
-    if not sizes or sizes[0] < 1:
-        raise BadInputError("sizes must be positive", field="sizes")
+    sizes = common.parse_sizes(args.sizes)
     if args.outside < 0:
         raise BadInputError(f"must be ≥ 0, got {args.outside}", field="outside")
     path = args.edits or str(assets_dir() / "world" / "counterfact.json")
@@ -278,13 +271,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         mom2_weight=args.mom2_weight, corpus=args.corpus, n_samples=args.n_samples)
     progress = TqdmProgress()
     try:
-        stats = layer_covariances(handle, hp.layers, corpus=hp.corpus, n_samples=hp.n_samples,
-                                  dtype=hp.stats_dtype, batch_size=hp.stats_batch_size,
-                                  max_tokens=hp.stats_max_tokens, progress=progress)
-        templates = generate_context_templates(handle, hp.n_context, hp.context_length, hp.seed)
-        rows = capacity_curve(handle, requests, hp.layers, sizes, hp.mom2_weight, templates,
-                              {layer: stats[layer].C for layer in hp.layers}, outside=outside,
-                              progress=progress)
+        rows = capacity_curve(handle, requests, hp, sizes, outside=outside, progress=progress)
     finally:
         progress.close()
     write_json({"model": handle.name, "edits": path, "layers": hp.layers, "lambda": hp.mom2_weight,
