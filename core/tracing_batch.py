@@ -98,7 +98,7 @@ def corrupted_forward(handle, input_ids: torch.Tensor, span: tuple[int, int], no
                       n_rows: int, patches: list[Patch], answer_id: int,
                       save: dict[tuple[int, str], int | None] | None = None,
                       corrupted_hidden: torch.Tensor | None = None, kv=None, prefix: int = 0,
-                      cache=None):
+                      cache=None, work: dict | None = None):
     """One forward of `n_rows` corrupted copies of the prompt with `patches` applied.
 
     input_ids: (1, T) the prompt; span: subject tokens [s0, s1); noise: (S, s1-s0, d) with
@@ -114,6 +114,9 @@ def corrupted_forward(handle, input_ids: torch.Tensor, span: tuple[int, int], no
     a token count no patch reaches below (`core.tracing_cache`): only tokens prefix … T−1 are
     fed, tokens < prefix come from the cache. cache: an empty `DynamicCache` that this (full,
     unpatched-prefix) run fills with its keys and values.
+
+    work: when given, adds 1 to work["forwards"] and rows × tokens fed × blocks run to
+    work["block_evals"].
 
     Returns (p, saved): p (n_rows,) float32 — P(answer) at the last position of every row;
     saved maps each (layer, component) of `save` to its output at the given token (n_rows, d),
@@ -138,6 +141,9 @@ def corrupted_forward(handle, input_ids: torch.Tensor, span: tuple[int, int], no
     a = max(s0, prefix)                                     # first subject token that is fed
     noise_rows = noise[:, a - s0:].repeat(n_rows // S, 1, 1)                    # (n_rows, s1-a, d)
     skip = skip_depth(patches) if corrupted_hidden is not None and not save else -1
+    if work is not None:
+        work["forwards"] = work.get("forwards", 0) + 1
+        work["block_evals"] = work.get("block_evals", 0) + n_rows * n * (handle.n_layers - skip - 1)
     start = None
     if skip >= 0:
         start = corrupted_hidden[skip][:, prefix:].repeat(n_rows // S, 1, 1)   # (n_rows, n, d)
@@ -207,16 +213,11 @@ def run_cells(handle, input_ids, span, noise, answer_id: int, n_cells: int, patc
     done = 0
     overhead = overhead_scale(handle.d_model, handle.d_mlp, torch.device(handle.device).type)
     for chunk in plan_chunks(toks, blocks, T, L, S, max_cells, overhead):
-        patches, prefix = patches_for(chunk), min(toks[i] for i in chunk)
-        if work is not None:   # what corrupted_forward will run: blocks after skip_depth, tokens ≥ prefix
-            first = skip_depth(patches) + 1 if skip else 0
-            work["forwards"] = work.get("forwards", 0) + 1
-            work["block_evals"] = work.get("block_evals", 0) + len(chunk) * S * (T - prefix) * (L - first)
         with handle.lock, torch.no_grad():
             p, _ = corrupted_forward(handle, input_ids, span, noise, len(chunk) * S,
-                                     patches, answer_id,
+                                     patches_for(chunk), answer_id,
                                      corrupted_hidden=corrupted_hidden if skip else None,
-                                     kv=kv, prefix=prefix)
+                                     kv=kv, prefix=min(toks[i] for i in chunk), work=work)
         out[chunk] = p.view(len(chunk), S).mean(dim=1)                         # mean over samples
         done += len(chunk)
         if progress:
