@@ -126,13 +126,14 @@ _FAMILY = {
 # CounterFact set (see its model card): λ = 350 balances efficacy against specificity
 # (ES 97 / PS 85.5 / NS 95.4; λ 500: 97 / 84.5 / 96.5; λ 1000: 95 / 78 / 96.8); δ needs a large
 # step (lr 2) and 80 steps. On the previous model (d_mlp 1,024) R = {0} beat {0, 1}.
-DEMO_PRESET = dict(layers=[0], mom2_weight=350.0, v_steps=80, v_lr=2.0, clamp_norm_factor=4.0,
-                   kl_factor=0.5, v_weight_decay=0.5, v_loss_tol=0.005, corpus="demo", n_samples=100_000)
-# λ for other ranges R on the demo model (same 100 cases, the preset otherwise). Spreading over
-# R = {0, 1}, the range its causal trace suggests: λ 350 → ES 81 / PS 65.5 / NS 96.5; λ 100 → 89 /
-# 73.5 / 94.2; λ 30 → 92 / 75 / 90.6 (Score 79.0 / 84.6 / 85.1). λ 100 keeps NS within 6 points
-# at nearly the best Score; R = {0} stays the preset (better on all three).
+# λ per range R (same 100 cases, the preset otherwise). Spreading over R = {0, 1}, the range its
+# causal trace suggests: λ 350 → ES 81 / PS 65.5 / NS 96.5; λ 100 → 89 / 73.5 / 94.2; λ 30 → 92 /
+# 75 / 90.6 (Score 79.0 / 84.6 / 85.1). λ 100 keeps NS within 6 points at nearly the best Score;
+# R = {0} stays the preset (better on all three).
 DEMO_LAMBDA_BY_R = {(0,): 350.0, (0, 1): 100.0}
+DEMO_PRESET = dict(layers=[0], mom2_weight=DEMO_LAMBDA_BY_R[(0,)], v_steps=80, v_lr=2.0,
+                   clamp_norm_factor=4.0, kl_factor=0.5, v_weight_decay=0.5, v_loss_tol=0.005,
+                   corpus="demo", n_samples=100_000)
 
 
 def scaled_layers(ref_depth: int, ref_layers: range, n_layers: int) -> list[int]:
