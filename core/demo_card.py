@@ -135,8 +135,9 @@ def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dic
         f"- AdamW (β = 0.9, 0.98, weight decay {cfg['weight_decay']}), lr {cfg['lr']} with "
         f"{cfg['warmup_steps']} warm-up steps and cosine decay to 5 %, batch {cfg['batch_size']} "
         f"documents, {cfg['epochs']} epochs, gradient clip 1.0, no dropout, seed {cfg['seed']}, "
-        f"{cfg['threads']} CPU thread(s).",
-        f"- Training time: {result.seconds / 60:.1f} min on CPU.",
+        + (f"{cfg['threads']} CPU thread(s)." if cfg.get("device", "cpu") == "cpu" else f"device {cfg['device']}."),
+        f"- Training time: {result.seconds / 60:.1f} min on "
+        + ("CPU." if cfg.get("device", "cpu") == "cpu" else f"{cfg['device']}."),
         "",
         "Training loss (mean per epoch): "
         + ", ".join(f"epoch {log[i]['epoch']}: {log[i]['loss']:.3f}" for i in picks) + ".",

@@ -52,6 +52,7 @@ class TrainConfig:
     mask_p: float = 0.8         # fraction of documents trained with the last-subject-token mask
     early_blocks: int = 2       # in masked documents, blocks < this hide the whole subject from later positions
     threads: int = 2            # torch CPU threads (the shipped model was trained with 2)
+    device: str = "cpu"         # "cuda" trains on a GPU (not bit-identical to CPU); saved on CPU
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------
@@ -167,7 +168,8 @@ def train_demo_model(world: World, cfg: TrainConfig | None = None, progress=None
 def _train(world: World, cfg: TrainConfig, progress) -> TrainResult:
     t0 = time.time()
     tokenizer = train_tokenizer(world.corpus, cfg.vocab_size)
-    model = new_model(cfg, tokenizer)
+    dev = torch.device(cfg.device)
+    model = new_model(cfg, tokenizer).to(dev)
     rng = random.Random(cfg.seed)
     steps_per_epoch = math.ceil(len(documents(world, random.Random(-1))) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -203,7 +205,8 @@ def _train(world: World, cfg: TrainConfig, progress) -> TrainResult:
             masked = [rng.random() < cfg.mask_p for _ in chunk]
             batch = make_batch(chunk, tokenizer.pad_token_id, masked)
             if hooks:
-                current["early"] = early_mask(batch["attention_mask"], chunk, masked)
+                current["early"] = early_mask(batch["attention_mask"], chunk, masked).to(dev)
+            batch = {k: v.to(dev) for k, v in batch.items()}
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             out = model(**batch)
@@ -218,7 +221,7 @@ def _train(world: World, cfg: TrainConfig, progress) -> TrainResult:
         log.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses), "seconds": time.time() - te})
     for h in hooks:
         h.remove()
-    model.eval()
+    model.to("cpu").eval()
     return TrainResult(model=model, tokenizer=tokenizer, config=cfg, log=log, seconds=time.time() - t0)
 
 

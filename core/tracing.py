@@ -301,10 +301,10 @@ def run_grid(prep: PreparedTrace, kind: str = "hidden", *, batched: bool = True,
     max_cells = cells_per_forward(handle, T, S, prep.settings.memory_mb) if batched else 1
     skip = batched and reuse_prefix
     work: dict = {}
-    report = None
-    if progress:   # counted in grid cells (filled and shared ones finish with the runs)
-        def report(done: int, total: int, phase: str) -> None:
-            progress(round(done * T * L / total), T * L, phase)
+    def report_cells(done: int, total: int, phase: str) -> None:
+        # counted in grid cells (filled and shared ones finish with the runs)
+        progress(round(done * T * L / total), T * L, phase)
+    report = report_cells if progress else None
 
     p = run_cells(handle, prep.input_ids, (prep.span.start, prep.span.end), prep.noise,
                   prep.answer_id, len(runs),

@@ -249,3 +249,28 @@ def test_card_command_needs_a_trained_folder(tmp_path):
 
     with pytest.raises(BadInputError, match="train_config.json"):
         load_train_result(tmp_path)
+
+
+def test_train_command_takes_model_sizes(micro, tmp_path, capsys):
+    """`workbench demo train --n-layer/--n-inner`: a model of that shape, its recipe recorded;
+    sizes < 1 and devices torch does not know are refused before anything is trained."""
+    import json
+
+    from core.world_io import write_world
+    from workbench.cli import main
+
+    world, _ = micro
+    wdir = write_world(world, tmp_path / "world")
+    mdir = tmp_path / "model"
+    assert main(["demo", "train", "--world", str(wdir), "--out", str(mdir), "--epochs", "1",
+                 "--threads", "1", "--n-layer", "2", "--n-inner", "96", "--quick", "--json", "-"]) == 0
+    config = json.loads((mdir / "config.json").read_text())
+    recipe = json.loads((mdir / "train_config.json").read_text())["config"]
+    assert (config["n_inner"], config["n_layer"]) == (96, 2)
+    assert (recipe["n_inner"], recipe["n_layer"], recipe["device"]) == (96, 2, "cpu")
+    assert "1 CPU thread(s)" in (mdir / "README.md").read_text()
+    capsys.readouterr()
+    for flags, field in ((["--n-inner", "0"], "n-inner"), (["--device", "gpu0"], "device")):
+        bad = tmp_path / f"bad-{field}"
+        assert main(["demo", "train", "--world", str(wdir), "--out", str(bad), *flags]) == 2
+        assert field in capsys.readouterr().err and not bad.exists()

@@ -28,6 +28,12 @@ def register(sub) -> None:
     t.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     t.add_argument("--epochs", type=int, default=None, help="passes over the world text")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2, as the shipped model)")
+    t.add_argument("--n-layer", type=int, default=None, help="transformer blocks (default 8)")
+    t.add_argument("--n-inner", type=int, default=None,
+                   help="MLP width = MEMIT's key dimensions per layer (default 2048; wider stores more edits "
+                        "per layer, see the model card's capacity section)")
+    t.add_argument("--device", default=None,
+                   help="train on this torch device, e.g. cuda (default cpu; the model is saved for CPU)")
     t.add_argument("--quick", action="store_true",
                    help="skip the averaged causal trace and the MEMIT evaluation of the model card (~5 min)")
     add_json_arg(t)
@@ -73,15 +79,27 @@ def cmd_build_world(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    import torch
+
     from core.demo_train import TrainConfig, save_demo_model, train_demo_model
+    from core.errors import BadInputError
     from core.model import demo_model_dir
     from core.world_io import load_world, world_dir
 
     world = load_world(args.world)
     cfg = TrainConfig()
-    for name in ("seed", "epochs", "threads"):
+    for name in ("seed", "epochs", "threads", "n_layer", "n_inner", "device"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    for name in ("epochs", "threads", "n_layer", "n_inner"):
+        if getattr(cfg, name) < 1:
+            raise BadInputError(f"must be at least 1, got {getattr(cfg, name)}", field=name.replace("_", "-"))
+    try:
+        torch.device(cfg.device)
+    except RuntimeError:
+        raise BadInputError(f"not a torch device: {cfg.device!r} (e.g. cpu, cuda, cuda:1)", field="device") from None
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInputError(f"device {cfg.device} asked for, but torch sees no CUDA device", field="device")
     bar = tqdm(total=None, unit="step")
 
     def progress(done: int, total: int, phase: str) -> None:
