@@ -30,6 +30,8 @@ class ArchSpec:
     layout:     "conv1d" stores W as (in, out) with y = x @ W + b (GPT-2);
                 "linear" stores W as (out, in) with y = x @ W.T + b.
     n_layer_attr / d_model_attr / d_mlp_attr: config attribute names for sizes.
+    mlp_in:     the MLP input projections whose outputs make the keys (relative to a block; two
+                for gated MLPs: the key is act(gate x) · up x).
     """
 
     family: str
@@ -45,13 +47,14 @@ class ArchSpec:
     n_layer_attr: str
     d_model_attr: str
     d_mlp_attr: str | None
+    mlp_in: tuple[str, ...] = ()
 
 
 _LLAMA_LIKE = dict(
     layers="model.layers", embed="model.embed_tokens", mlp="mlp", mlp_out="mlp.down_proj",
     attn="self_attn", attn_out="self_attn.o_proj", final_norm="model.norm", lm_head="lm_head",
     layout="linear", n_layer_attr="num_hidden_layers", d_model_attr="hidden_size",
-    d_mlp_attr="intermediate_size",
+    d_mlp_attr="intermediate_size", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
 )
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -59,20 +62,20 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         family="gpt2", layers="transformer.h", embed="transformer.wte", mlp="mlp",
         mlp_out="mlp.c_proj", attn="attn", attn_out="attn.c_proj", final_norm="transformer.ln_f",
         lm_head="lm_head", layout="conv1d", n_layer_attr="n_layer", d_model_attr="n_embd",
-        d_mlp_attr="n_inner",
+        d_mlp_attr="n_inner", mlp_in=("mlp.c_fc",),
     ),
     "gptj": ArchSpec(
         family="gptj", layers="transformer.h", embed="transformer.wte", mlp="mlp",
         mlp_out="mlp.fc_out", attn="attn", attn_out="attn.out_proj", final_norm="transformer.ln_f",
         lm_head="lm_head", layout="linear", n_layer_attr="n_layer", d_model_attr="n_embd",
-        d_mlp_attr="n_inner",
+        d_mlp_attr="n_inner", mlp_in=("mlp.fc_in",),
     ),
     "gpt_neox": ArchSpec(
         family="gpt_neox", layers="gpt_neox.layers", embed="gpt_neox.embed_in", mlp="mlp",
         mlp_out="mlp.dense_4h_to_h", attn="attention", attn_out="attention.dense",
         final_norm="gpt_neox.final_layer_norm", lm_head="lm_head", layout="linear",
         n_layer_attr="num_hidden_layers", d_model_attr="hidden_size",
-        d_mlp_attr="intermediate_size",
+        d_mlp_attr="intermediate_size", mlp_in=("mlp.dense_h_to_4h",),
     ),
     "llama": ArchSpec(family="llama", **_LLAMA_LIKE),
     "mistral": ArchSpec(family="mistral", **_LLAMA_LIKE),

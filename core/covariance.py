@@ -184,7 +184,7 @@ def expected_header(handle, layer, corpus_label, n_samples, dtype, max_tokens) -
     return {"format": CACHE_FORMAT, "model": handle.name, "base_hash": handle.base_hash,
             "layer": int(layer), "module": f"{handle.spec.layers}.{layer}.{handle.spec.mlp_out}",
             "corpus": corpus_label, "n_samples": int(n_samples), "dtype": dtype,
-            "max_tokens": int(max_tokens), "d_mlp": int(handle.d_mlp)}
+            "max_tokens": int(max_tokens), "d_mlp": handle.d_mlp_at(layer)}
 
 
 _MATCH_KEYS = ("format", "base_hash", "layer", "module", "corpus", "n_samples", "dtype", "max_tokens", "d_mlp")

@@ -89,8 +89,12 @@ class ModelHandle:
 
     @property
     def d_mlp(self) -> int:
-        """Width of the MLP hidden layer: the key dimension of W_out."""
-        w = self.mlp_out_weight(0)
+        """Width of the MLP hidden layer: the key dimension of W_out (of layer 0)."""
+        return self.d_mlp_at(0)
+
+    def d_mlp_at(self, i: int) -> int:
+        """Key dimension of layer i's W_out (differs from `d_mlp` only after `core.widen`)."""
+        w = self.mlp_out_weight(i)
         return int(w.shape[0] if self.spec.layout == "conv1d" else w.shape[1])
 
     @property

@@ -106,6 +106,7 @@ def register(sub) -> None:
                    "edits under the same relation (excluded by default: their true object changes on purpose)")
     add_model_args(e)
     add_hparam_args(e)
+    add_extra_keys_arg(e)
     add_json_arg(e)
     e.set_defaults(handler=cmd_eval)
 
@@ -131,8 +132,30 @@ def register(sub) -> None:
                    help="corpus for the key statistics C: demo, a file, or a dataset name (default: the preset's)")
     c.add_argument("--n-samples", dest="n_samples", type=int, default=None, metavar="N",
                    help="corpus records for C (default: the preset's)")
+    add_extra_keys_arg(c)
     add_json_arg(c)
     c.set_defaults(handler=cmd_capacity)
+
+
+def add_extra_keys_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--extra-keys", type=int, default=None, metavar="N",
+                   help="what-if experiment: before measuring, add N random hidden units with zero output "
+                   "weights to the MLPs of R (the model computes the same; MEMIT gets d_mlp + N key "
+                   "dimensions per layer; see core/widen.py). In memory only, nothing is saved")
+
+
+def widen_for_args(handle, layers, args) -> dict | None:
+    """Apply --extra-keys to the loaded model (a fresh copy per command); {layer: d_mlp} or None."""
+    if args.extra_keys is None:
+        return None
+    from core.widen import widen_mlps
+
+    widths = widen_mlps(handle, layers, args.extra_keys)
+    if args.json != "-":
+        print(f"widened the MLPs of layers {sorted(widths)} by {args.extra_keys} random units with zero "
+              f"output weights (key dimensions {', '.join(f'{l}: {d}' for l, d in widths.items())}; "
+              "the model's outputs are unchanged)")
+    return widths
 
 
 def _fmt(x) -> str:
@@ -222,13 +245,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     requests, skipped = load_dataset_requests(dataset, args.n)
     handle = common.load_from_args(args)
     hp = hparams_from_args(handle, args)
+    widths = widen_for_args(handle, hp.layers, args)
     progress = TqdmProgress()
     try:
         ev = evaluate_edit(handle, requests, method=args.method, hparams=hp, progress=progress,
                            exclude_edited_neighbours=not args.all_neighbours)
     finally:
         progress.close()
-    out = {"n": ev.n, "model": handle.name, "dataset": dataset, **ev.to_dict(), "skipped": len(skipped)}
+    out = {"n": ev.n, "model": handle.name, "dataset": dataset, **ev.to_dict(), "skipped": len(skipped),
+           **({"extra_keys": args.extra_keys, "d_mlp": widths} if widths else {})}
     write_json(out, args.json)
     if args.json != "-":
         for note in ev.notes:
@@ -269,13 +294,15 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     outside = [r for r in requests[sizes[-1]:] if r.subject not in batch_subjects]
     hp = preset_for(handle, layers=parse_layers(args.layers)).replace(
         mom2_weight=args.mom2_weight, corpus=args.corpus, n_samples=args.n_samples)
+    widths = widen_for_args(handle, hp.layers, args)
     progress = TqdmProgress()
     try:
         rows = capacity_curve(handle, requests, hp, sizes, outside=outside, progress=progress)
     finally:
         progress.close()
     write_json({"model": handle.name, "edits": path, "layers": hp.layers, "lambda": hp.mom2_weight,
-                "outside": len(outside), "rows": [r.to_dict() for r in rows]}, args.json)
+                "outside": len(outside), "rows": [r.to_dict() for r in rows],
+                **({"extra_keys": args.extra_keys, "d_mlp": widths} if widths else {})}, args.json)
     if args.json != "-":
         print(f"capacity of layers {hp.layers} at λ = {hp.mom2_weight:g} (keys of the unedited model; "
               f"leak onto {len(outside)} subjects outside the batch, in residuals)")
