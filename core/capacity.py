@@ -44,6 +44,12 @@ class CapacityRow:
         return asdict(self)
 
 
+def crowded(rows: list[CapacityRow], limit: float = 0.8) -> CapacityRow | None:
+    """The most crowded (layer, n) point whose median edit would keep less than `limit`, if any."""
+    low = [r for r in rows if r.stored_median < limit]
+    return min(low, key=lambda r: r.stored_median) if low else None
+
+
 def key_capacity(K: torch.Tensor, C: torch.Tensor, lam: float,
                  K_out: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Closed-form capacity of one layer for the keys K (n, d_mlp), float64.

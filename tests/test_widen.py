@@ -97,6 +97,10 @@ def test_eval_and_capacity_take_extra_keys(tmp_path, monkeypatch, capsys):
                  "--extra-keys", "64", "--json", str(tmp_path / "c.json")]) == 0
     c = json.loads((tmp_path / "c.json").read_text())
     assert c["extra_keys"] == 64 and c["d_mlp"] == {"0": 128 + 64}
+    capsys.readouterr()
+    assert main(["capacity", str(tmp_path / "cf.json"), "--sizes", "3", "--outside", "0", *opts,
+                 "--lambda", "1e9"]) == 0                      # huge λ: nothing stored, a crowded note
+    assert "3 keys crowd its 128 key dimensions. Edit fewer" in capsys.readouterr().out
     assert main(["eval", "--dataset", str(tmp_path / "cf.json"), "--n", "2", *opts, "--steps", "3",
                  "--extra-keys", "64", "--json", str(tmp_path / "e.json")]) == 0
     e = json.loads((tmp_path / "e.json").read_text())
@@ -104,3 +108,15 @@ def test_eval_and_capacity_take_extra_keys(tmp_path, monkeypatch, capsys):
     assert "widened the MLPs of layers [0]" in capsys.readouterr().out
     assert main(["capacity", str(tmp_path / "cf.json"), "--sizes", "3", *opts, "--extra-keys", "0"]) == 2
     assert "extra_keys" in capsys.readouterr().err
+
+
+def test_crowded_picks_the_layer_that_keeps_least():
+    from core.capacity import CapacityRow, crowded
+
+    def row(layer, n, stored):
+        return CapacityRow(layer=layer, n=n, lam=1.0, stored_median=stored, stored_p10=stored, eig_min=1.0,
+                           eig_median=1.0, leak_median=None, leak_p90=None)
+
+    assert crowded([row(0, 100, 0.9), row(0, 1000, 0.81)]) is None
+    worst = crowded([row(0, 100, 0.9), row(0, 1000, 0.76), row(1, 1000, 0.3)])
+    assert (worst.layer, worst.n) == (1, 1000)

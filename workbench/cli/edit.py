@@ -269,7 +269,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
-    from core.capacity import capacity_curve
+    from core.capacity import capacity_curve, crowded
     from core.errors import BadInputError
     from core.hparams import preset_for
     from core.model import assets_dir
@@ -312,4 +312,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             p90 = "-" if r.leak_p90 is None else f"{r.leak_p90:6.2f}"
             print(f"{r.layer:>5} {r.n:>6} {r.stored_median:7.2f} {r.stored_p10:6.2f} {r.eig_min:8.3g} "
                   f"{leak:>6} {p90:>6}")
+        worst = crowded(rows)
+        if worst is not None:
+            print(f"note: at n = {worst.n} layer {worst.layer} keeps {100 * worst.stored_median:.0f} % of the "
+                  f"median edit: {worst.n} keys crowd its {handle.d_mlp_at(worst.layer)} key dimensions"
+                  + (". Edit fewer at once, add layers to R, or see what a wider layer would hold with "
+                     "--extra-keys N." if widths is None else ", extra keys included."))
     return 0
