@@ -26,8 +26,9 @@ def test_spec_paths_resolve_and_nnsight_forward_equals_hf(family_handle):
     assert len(layers) == h.n_layers == 3
     for path in (spec.embed, spec.final_norm, spec.lm_head):
         assert isinstance(get_path(h.hf, path), torch.nn.Module)
-    for path in (spec.mlp, spec.mlp_out, spec.attn, spec.attn_out):
+    for path in (spec.mlp, spec.mlp_out, spec.attn, spec.attn_out, *spec.mlp_in):
         assert isinstance(get_path(layers[0], path), torch.nn.Module)
+    assert spec.mlp_in and all(p.startswith(spec.mlp + ".") for p in spec.mlp_in)
     w = h.mlp_out_weight(1)
     expected = (h.d_mlp, h.d_model) if spec.layout == "conv1d" else (h.d_model, h.d_mlp)
     assert tuple(w.shape) == expected
@@ -139,3 +140,14 @@ def test_subject_errors():
         locate_subject(tok, "", "x")
     with pytest.raises(BadInputError, match="subject"):
         locate_subject(tok, "abc", "  ")
+
+
+def test_python_dash_m_workbench_runs_the_cli():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "workbench", "--help"], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "usage: workbench" in out.stdout and "capacity" in out.stdout
