@@ -124,7 +124,9 @@ CAPACITY_HELP = (
     "the batch's other keys (measured by the key covariance C and λ). This check reads the keys "
     "of this batch — no editing — and gives the share of an independent change each edit would "
     "keep (1 = all) and the smallest eigenvalue of M = Kᵀ C⁻¹ K/λ (keys as columns); both fall "
-    "as a batch fills the layer. Keys are read on the unedited model.")
+    "as a batch fills the layer. Keys are read on the unedited model. To see what a wider layer "
+    "would hold, the CLI's `workbench capacity --extra-keys N` adds N key dimensions without "
+    "changing what the model computes (on the demo model, 1,000 edits go from 76 % to 97 % kept).")
 
 
 def capacity_signature(requests, hparams) -> tuple:
