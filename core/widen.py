@@ -5,7 +5,7 @@ wide) is distinct from other keys in the metric C⁻¹ of Eq. 14 (`core.capacity
 approach d_mlp, each stores less of its residual and leaks more into other subjects.
 `widen_mlps` appends `extra` hidden units to the MLPs of chosen layers:
 
-    W_in  (d_mlp, d)  →  [W_in ; G]     G (extra, d) random, per-unit std of W_in's rows
+    W_in  (d_mlp, d)  →  [W_in ; G]     G (extra, d) ~ N(0, s²), s = mean std of W_in's rows
     b_in  (d_mlp,)    →  [b_in ; g]     g ~ N(mean b_in, std b_in)
     W_out (d, d_mlp)  →  [W_out, 0]     zero columns: the new units add nothing to the output
 
