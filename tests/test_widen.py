@@ -96,7 +96,11 @@ def test_eval_and_capacity_take_extra_keys(tmp_path, monkeypatch, capsys):
     assert main(["capacity", str(tmp_path / "cf.json"), "--sizes", "3", "--outside", "2", *opts,
                  "--extra-keys", "64", "--json", str(tmp_path / "c.json")]) == 0
     c = json.loads((tmp_path / "c.json").read_text())
-    assert c["extra_keys"] == 64 and c["d_mlp"] == {"0": 128 + 64}
+    assert c["extra_keys"] == 64 and c["d_mlp"] == {"0": 128 + 64} and c["extra_keys_seed"] == 0
+    assert main(["capacity", str(tmp_path / "cf.json"), "--sizes", "3", "--outside", "2", *opts,
+                 "--extra-keys", "64", "--extra-keys-seed", "1", "--json", str(tmp_path / "c1.json")]) == 0
+    c1 = json.loads((tmp_path / "c1.json").read_text())
+    assert c1["extra_keys_seed"] == 1 and c1["rows"][0]["stored_median"] != c["rows"][0]["stored_median"]
     capsys.readouterr()
     assert main(["capacity", str(tmp_path / "cf.json"), "--sizes", "3", "--outside", "0", *opts,
                  "--lambda", "1e9"]) == 0                      # huge λ: nothing stored, a crowded note

@@ -142,6 +142,8 @@ def add_extra_keys_arg(p: argparse.ArgumentParser) -> None:
                    help="what-if experiment: before measuring, add N random hidden units with zero output "
                    "weights to the MLPs of R (the model computes the same; MEMIT gets d_mlp + N key "
                    "dimensions per layer; see core/widen.py). In memory only, nothing is saved")
+    p.add_argument("--extra-keys-seed", type=int, default=0, metavar="S",
+                   help="seed of the extra units' random input weights (default 0)")
 
 
 def widen_for_args(handle, layers, args) -> dict | None:
@@ -150,7 +152,7 @@ def widen_for_args(handle, layers, args) -> dict | None:
         return None
     from core.widen import widen_mlps
 
-    widths = widen_mlps(handle, layers, args.extra_keys)
+    widths = widen_mlps(handle, layers, args.extra_keys, seed=args.extra_keys_seed)
     if args.json != "-":
         print(f"widened the MLPs of layers {sorted(widths)} by {args.extra_keys} random units with zero "
               f"output weights (key dimensions {', '.join(f'{l}: {d}' for l, d in widths.items())}; "
@@ -253,7 +255,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     out = {"n": ev.n, "model": handle.name, "dataset": dataset, **ev.to_dict(), "skipped": len(skipped),
-           **({"extra_keys": args.extra_keys, "d_mlp": widths} if widths else {})}
+           **({"extra_keys": args.extra_keys, "extra_keys_seed": args.extra_keys_seed, "d_mlp": widths}
+              if widths else {})}
     write_json(out, args.json)
     if args.json != "-":
         for note in ev.notes:
@@ -302,7 +305,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         progress.close()
     write_json({"model": handle.name, "edits": path, "layers": hp.layers, "lambda": hp.mom2_weight,
                 "outside": len(outside), "rows": [r.to_dict() for r in rows],
-                **({"extra_keys": args.extra_keys, "d_mlp": widths} if widths else {})}, args.json)
+                **({"extra_keys": args.extra_keys, "extra_keys_seed": args.extra_keys_seed, "d_mlp": widths}
+              if widths else {})}, args.json)
     if args.json != "-":
         print(f"capacity of layers {hp.layers} at λ = {hp.mom2_weight:g} (keys of the unedited model; "
               f"leak onto {len(outside)} subjects outside the batch, in residuals)")
