@@ -25,20 +25,15 @@ from core.arch import get_path
 from core.errors import BadInputError
 
 
-def _rows(w: torch.Tensor, conv: bool, out_side: bool) -> torch.Tensor:
-    """View a weight as (units, other): units = the MLP hidden dimension."""
-    if out_side:   # W_out: Conv1D (d_mlp, d), Linear (d, d_mlp)
-        return w if conv else w.T
-    return w.T if conv else w   # W_in: Conv1D (d, d_mlp), Linear (d_mlp, d)
-
-
-def _set_rows(module: torch.nn.Module, rows: torch.Tensor, conv: bool, out_side: bool) -> None:
-    w = rows if (conv == out_side) else rows.T
-    module.weight = torch.nn.Parameter(w.contiguous(), requires_grad=False)
-    if conv and not out_side:
+def _append_units(module: torch.nn.Module, new: torch.Tensor, axis: int) -> None:
+    """Concatenate `new` to module.weight along its hidden-unit axis; keep the module's shape
+    attributes in step (Conv1D: `nf` = output width; Linear: in/out features)."""
+    w = torch.cat([module.weight, new.to(module.weight)], dim=axis)
+    module.weight = torch.nn.Parameter(w, requires_grad=False)
+    if isinstance(module, torch.nn.Linear):
+        module.out_features, module.in_features = w.shape
+    elif hasattr(module, "nf"):
         module.nf = w.shape[1]
-    elif not conv:
-        module.in_features, module.out_features = w.shape[1], w.shape[0]
 
 
 def widen_mlps(handle, layers, extra: int, seed: int = 0) -> dict[int, int]:
@@ -55,7 +50,7 @@ def widen_mlps(handle, layers, extra: int, seed: int = 0) -> dict[int, int]:
     from core.model import weights_hash
 
     layers = handle.check_layers(layers)
-    conv = handle.spec.layout == "conv1d"
+    in_axis, out_axis = (1, 0) if handle.spec.layout == "conv1d" else (0, 1)   # hidden-unit axes as stored
     g = torch.Generator().manual_seed(int(seed))
     out = {}
     with handle.lock, torch.no_grad():
@@ -63,17 +58,16 @@ def widen_mlps(handle, layers, extra: int, seed: int = 0) -> dict[int, int]:
             block = handle.hf_layer(i)
             for path in handle.spec.mlp_in:
                 mod = get_path(block, path)
-                W = _rows(mod.weight, conv, out_side=False)                    # (d_mlp, d)
-                scale = W.float().std(dim=1).mean()
-                G = torch.randn(extra, W.shape[1], generator=g) * scale        # (extra, d)
-                _set_rows(mod, torch.cat([W, G.to(W)]), conv, out_side=False)
+                scale = mod.weight.float().std(dim=1 - in_axis).mean()        # mean per-unit std
+                G = torch.randn(extra, mod.weight.shape[1 - in_axis], generator=g) * scale   # (extra, d)
+                _append_units(mod, G if in_axis == 0 else G.T, in_axis)
                 if getattr(mod, "bias", None) is not None:
                     b = mod.bias.float()
                     new_b = torch.randn(extra, generator=g) * b.std() + b.mean()
                     mod.bias = torch.nn.Parameter(torch.cat([mod.bias, new_b.to(mod.bias)]), requires_grad=False)
             down = handle.mlp_out_module(i)
-            Wo = _rows(down.weight, conv, out_side=True)                       # (d_mlp, d)
-            _set_rows(down, torch.cat([Wo, Wo.new_zeros(extra, Wo.shape[1])]), conv, out_side=True)
+            zeros = down.weight.new_zeros(extra, down.weight.shape[1 - out_axis])      # (extra, d)
+            _append_units(down, zeros if out_axis == 0 else zeros.T, out_axis)
             out[i] = handle.d_mlp_at(i)
         handle.base_hash = weights_hash(handle.hf)
     return out
