@@ -90,6 +90,7 @@ def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dic
     """Markdown card: recipe, sizes, training log, recall per relation, trace check, and when
     given the averaged trace (`trace`), a MEMIT evaluation (`memit`) and kept hand-written sections."""
     cfg = asdict(result.config)
+    on_cpu = cfg.get("device", "cpu") == "cpu"
     model = result.model
     n_params = sum(p.numel() for p in model.parameters())
     L = len(effects.last)
@@ -135,9 +136,8 @@ def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dic
         f"- AdamW (β = 0.9, 0.98, weight decay {cfg['weight_decay']}), lr {cfg['lr']} with "
         f"{cfg['warmup_steps']} warm-up steps and cosine decay to 5 %, batch {cfg['batch_size']} "
         f"documents, {cfg['epochs']} epochs, gradient clip 1.0, no dropout, seed {cfg['seed']}, "
-        + (f"{cfg['threads']} CPU thread(s)." if cfg.get("device", "cpu") == "cpu" else f"device {cfg['device']}."),
-        f"- Training time: {result.seconds / 60:.1f} min on "
-        + ("CPU." if cfg.get("device", "cpu") == "cpu" else f"{cfg['device']}."),
+        + (f"{cfg['threads']} CPU thread(s)." if on_cpu else f"device {cfg['device']}."),
+        f"- Training time: {result.seconds / 60:.1f} min on " + ("CPU." if on_cpu else f"{cfg['device']}."),
         "",
         "Training loss (mean per epoch): "
         + ", ".join(f"epoch {log[i]['epoch']}: {log[i]['loss']:.3f}" for i in picks) + ".",

@@ -146,10 +146,11 @@ def add_extra_keys_arg(p: argparse.ArgumentParser) -> None:
                    help="seed of the extra units' random input weights (default 0)")
 
 
-def widen_for_args(handle, layers, args) -> dict | None:
-    """Apply --extra-keys to the loaded model (a fresh copy per command); {layer: d_mlp} or None."""
+def widen_for_args(handle, layers, args) -> dict:
+    """Apply --extra-keys to the loaded model (a fresh copy per command); what the command's JSON
+    records about it ({} when not asked)."""
     if args.extra_keys is None:
-        return None
+        return {}
     from core.widen import widen_mlps
 
     widths = widen_mlps(handle, layers, args.extra_keys, seed=args.extra_keys_seed)
@@ -157,7 +158,7 @@ def widen_for_args(handle, layers, args) -> dict | None:
         print(f"widened the MLPs of layers {sorted(widths)} by {args.extra_keys} random units with zero "
               f"output weights (key dimensions {', '.join(f'{l}: {d}' for l, d in widths.items())}; "
               "the model's outputs are unchanged)")
-    return widths
+    return {"extra_keys": args.extra_keys, "extra_keys_seed": args.extra_keys_seed, "d_mlp": widths}
 
 
 def _fmt(x) -> str:
@@ -247,7 +248,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     requests, skipped = load_dataset_requests(dataset, args.n)
     handle = common.load_from_args(args)
     hp = hparams_from_args(handle, args)
-    widths = widen_for_args(handle, hp.layers, args)
+    widened = widen_for_args(handle, hp.layers, args)
     progress = TqdmProgress()
     try:
         ev = evaluate_edit(handle, requests, method=args.method, hparams=hp, progress=progress,
@@ -255,8 +256,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     out = {"n": ev.n, "model": handle.name, "dataset": dataset, **ev.to_dict(), "skipped": len(skipped),
-           **({"extra_keys": args.extra_keys, "extra_keys_seed": args.extra_keys_seed, "d_mlp": widths}
-              if widths else {})}
+           **widened}
     write_json(out, args.json)
     if args.json != "-":
         for note in ev.notes:
@@ -297,7 +297,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     outside = [r for r in requests[sizes[-1]:] if r.subject not in batch_subjects]
     hp = preset_for(handle, layers=parse_layers(args.layers)).replace(
         mom2_weight=args.mom2_weight, corpus=args.corpus, n_samples=args.n_samples)
-    widths = widen_for_args(handle, hp.layers, args)
+    widened = widen_for_args(handle, hp.layers, args)
     progress = TqdmProgress()
     try:
         rows = capacity_curve(handle, requests, hp, sizes, outside=outside, progress=progress)
@@ -305,8 +305,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         progress.close()
     write_json({"model": handle.name, "edits": path, "layers": hp.layers, "lambda": hp.mom2_weight,
                 "outside": len(outside), "rows": [r.to_dict() for r in rows],
-                **({"extra_keys": args.extra_keys, "extra_keys_seed": args.extra_keys_seed, "d_mlp": widths}
-              if widths else {})}, args.json)
+                **widened}, args.json)
     if args.json != "-":
         print(f"capacity of layers {hp.layers} at λ = {hp.mom2_weight:g} (keys of the unedited model; "
               f"leak onto {len(outside)} subjects outside the batch, in residuals)")
@@ -321,5 +320,5 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             print(f"note: at n = {worst.n} layer {worst.layer} keeps {100 * worst.stored_median:.0f} % of the "
                   f"median edit: {worst.n} keys crowd its {handle.d_mlp_at(worst.layer)} key dimensions"
                   + (". Edit fewer at once, add layers to R, or see what a wider layer would hold with "
-                     "--extra-keys N." if widths is None else ", extra keys included."))
+                     "--extra-keys N." if not widened else ", extra keys included."))
     return 0
