@@ -36,6 +36,8 @@ class EditEvaluation:
                 "magnitudes": {"pre": {k: self.pre[k] for k in MAGNITUDES},
                                "post": {k: self.post[k] for k in MAGNITUDES}},
                 "seconds": dict(self.seconds), "neighbours_excluded": self.post.get("neighbours_excluded", 0),
+                "ns_outside": {"pre": self.pre.get("NS_outside"), "post": self.post.get("NS_outside"),
+                               "prompts": self.post.get("neighbours_outside", 0)},
                 "hparams": dict(self.hparams), "notes": list(self.notes),
                 "stored_fraction": {str(k): v for k, v in self.stored_fraction.items()}}
 

@@ -14,6 +14,7 @@ specificity against the neighbourhood answer). Per-edit values are DataFrames;
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -79,6 +80,18 @@ def edited_neighbours(requests: list[EditRequest]) -> list[set[int]]:
     return out
 
 
+def outside_neighbours(requests: list[EditRequest]) -> list[set[int]]:
+    """For each request, the indices of its neighbourhood prompts that name no subject the batch
+    edits at all (under any relation). In a large batch over a small world many neighbours are
+    themselves edited under another relation; NS over the prompts outside the batch isolates the
+    leak of the edits onto subjects nobody edited (the paper's reading of Eq. 26)."""
+    names = sorted({r.subject for r in requests}, key=len, reverse=True)
+    if not names:
+        return []
+    rx = re.compile("|".join(re.escape(n) for n in names))
+    return [{j for j, p in enumerate(r.neighborhood_prompts) if not rx.search(p)} for r in requests]
+
+
 def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64, progress=None, *,
                        exclude_edited_neighbours: bool = False) -> pd.DataFrame:
     """Per edit: ES, PS, NS (0-1), EM, PM, NM (probability differences), NLLs and top-1 of o_new.
@@ -86,8 +99,11 @@ def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64
     Requests without target_true get NaN for the CounterFact columns (new_top1 is always there).
     exclude_edited_neighbours: leave out neighbourhood prompts about subjects the batch edits under
     the same relation (`edited_neighbours`); column n_neighbours_excluded counts them.
+    NS_outside: NS over the neighbourhood prompts about subjects the batch does not edit at all
+    (`outside_neighbours`; NaN when there are none), n_neighbours_outside their number.
     """
     skip = edited_neighbours(requests) if exclude_edited_neighbours else [set() for _ in requests]
+    outside = outside_neighbours(requests)
     items, where = [], []              # where: (edit, kind, index in kind, which object)
     for i, r in enumerate(requests):
         neigh = [p for j, p in enumerate(r.neighborhood_prompts) if j not in skip[i]]
@@ -106,8 +122,11 @@ def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64
             top1[i] = a
     rows = []
     for i, r in enumerate(requests):
+        kept = [j for j in range(len(r.neighborhood_prompts)) if j not in skip[i]]
+        out_k = [k for k, j in enumerate(kept) if j in outside[i]]       # positions among the kept
         row = {"case_id": r.case_id, "subject": r.subject, "target_new": r.target_new,
-               "target_true": r.target_true, "new_top1": top1[i], "n_neighbours_excluded": len(skip[i])}
+               "target_true": r.target_true, "new_top1": top1[i], "n_neighbours_excluded": len(skip[i]),
+               "n_neighbours_outside": len(out_k) if r.target_true else 0}
         if r.target_true:
             def pairs(kind, n):
                 return [(table[(i, kind, j, "new")], table[(i, kind, j, "true")]) for j in range(n)]
@@ -119,9 +138,11 @@ def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64
                 nll_new=e[0], nll_true=e[1], ES=float(e[0] < e[1]),
                 PS=_mean([float(a < b) for a, b in para]), NS=_mean([float(a > b) for a, b in neigh]),
                 EM=p(e[0]) - p(e[1]), PM=_mean([p(a) - p(b) for a, b in para]),
-                NM=_mean([p(b) - p(a) for a, b in neigh]))
+                NM=_mean([p(b) - p(a) for a, b in neigh]),
+                NS_outside=_mean([float(neigh[k][0] > neigh[k][1]) for k in out_k]))
         else:
-            row.update({k: math.nan for k in ("nll_new", "nll_true", "ES", "PS", "NS", "EM", "PM", "NM")})
+            row.update({k: math.nan for k in ("nll_new", "nll_true", "ES", "PS", "NS", "EM", "PM", "NM",
+                                              "NS_outside")})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -136,14 +157,17 @@ def harmonic_mean(values: list[float]) -> float:
 
 
 def summarize(df: pd.DataFrame) -> dict:
-    """Means over edits in percent: ES, PS, NS, S (harmonic mean), EM, PM, NM, new_top1; n."""
+    """Means over edits in percent: ES, PS, NS, S (harmonic mean), EM, PM, NM, new_top1, NS_outside
+    (over the edits that have such prompts); n, neighbours_excluded, neighbours_outside."""
     out = {"n": int(len(df))}
-    for k in ("ES", "PS", "NS", "EM", "PM", "NM", "new_top1"):
+    for k in ("ES", "PS", "NS", "EM", "PM", "NM", "new_top1", "NS_outside"):
         col = df[k].astype(float) if k in df else pd.Series(dtype=float)
         out[k] = float(col.mean()) * 100 if col.notna().any() else math.nan
     out["S"] = harmonic_mean([out["ES"], out["PS"], out["NS"]])
     if "n_neighbours_excluded" in df:
         out["neighbours_excluded"] = int(df["n_neighbours_excluded"].sum())
+    if "n_neighbours_outside" in df:
+        out["neighbours_outside"] = int(df["n_neighbours_outside"].sum())
     return out
 
 

@@ -72,9 +72,13 @@ def test_eval_reports_pre_post_in_percent_and_reverts(setup, capsys):
         assert all(v is None or 0 <= v <= 100 for v in s[phase].values())
     assert set(s["seconds"]) >= {"edit", "pre_eval", "post_eval", "targets", "update", "total"}
     assert set(s["stored_fraction"]) == {"0", "1"}
+    # "Paris is" names no edited subject: every neighbour is outside the batch, so NS_outside = NS
+    assert s["ns_outside"]["prompts"] == 2
+    assert s["ns_outside"]["pre"] == s["pre"]["NS"] and s["ns_outside"]["post"] == s["post"]["NS"]
     assert_unchanged(handle, snap)
     out = capsys.readouterr().out
     assert "ES" in out and "layer 1: the update stored" in out
+    assert "NS over the 2 neighbourhood prompts about subjects the batch does not edit" in out
 
 
 BAD_INPUTS = [

@@ -110,3 +110,27 @@ def test_neighbours_edited_under_the_same_relation_can_be_left_out(tiny_handle):
         plain_nll_and_top1(tiny_handle, "Orla plays the", "trumpet")[0]
     assert df.NS[0] == float(n_orla) and not math.isnan(full.NS[1])
     assert summarize(df)["neighbours_excluded"] == 2
+
+
+def test_ns_outside_counts_only_neighbours_the_batch_does_not_edit(tiny_handle):
+    from core.metrics import outside_neighbours
+
+    a = EditRequest("{} plays the", "Miles Davis", "chess", "trumpet", relation_id="P1",
+                    neighborhood_prompts=("Kara Selwyn plays the",     # edited, same relation: left out
+                                          "Orla plays the",            # edited under another relation
+                                          "Toyota plays the"))         # not edited: outside
+    b = EditRequest("{} plays the", "Kara Selwyn", "golf", "piano", relation_id="P1",
+                    neighborhood_prompts=("Miles Davis plays the",))
+    c = EditRequest("{} works for", "Orla", "Toyota Motors", "Brightwell", relation_id="P2")
+    assert outside_neighbours([a, b, c]) == [{2}, set(), set()]
+    df = counterfact_scores(tiny_handle, [a, b, c], exclude_edited_neighbours=True)
+
+    def wins_true(p):
+        return float(plain_nll_and_top1(tiny_handle, p, "chess")[0] > plain_nll_and_top1(tiny_handle, p, "trumpet")[0])
+
+    assert df.n_neighbours_outside.tolist() == [1, 0, 0]
+    assert df.NS_outside[0] == wins_true("Toyota plays the")
+    assert df.NS[0] == pytest.approx((wins_true("Orla plays the") + wins_true("Toyota plays the")) / 2)
+    assert math.isnan(df.NS_outside[1]) and math.isnan(df.NS_outside[2])
+    s = summarize(df)
+    assert s["NS_outside"] == 100 * wins_true("Toyota plays the") and s["neighbours_outside"] == 1

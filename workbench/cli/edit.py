@@ -265,6 +265,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"skipped; {out['neighbours_excluded']} neighbourhood prompts about subjects edited under the "
               "same relation left out of NS)")
         print_scores(ev.pre, ev.post, SCORES)
+        ns_out = out["ns_outside"]
+        if ns_out["prompts"]:
+            print(f"NS over the {ns_out['prompts']} neighbourhood prompts about subjects the batch does not edit: "
+                  f"{_fmt(ns_out['pre']).strip()} -> {_fmt(ns_out['post']).strip()}")
         for layer, stored in ev.stored_fraction.items():
             print(f"  layer {layer}: the update stored {100 * stored:.0f} % of its share of the "
                   "residual for the median edit")
