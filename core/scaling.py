@@ -10,7 +10,8 @@ given), seconds (computing the edit), the ΔW norms, and for MEMIT `stored`: the
 of its residual the most crowded layer of R could store, in percent (`EditResult.stored_fraction`; it falls
 with n as the batch fills the layers' key space). NS leaves out, by default, neighbourhood
 prompts about subjects the same batch edits under the same relation (their true object changes on
-purpose; `core.metrics.edited_neighbours`); `neighbours_excluded` counts them.
+purpose; `core.metrics.edited_neighbours`); `neighbours_excluded` counts them. NS_outside: NS
+over the neighbours the batch does not edit at all (`core.metrics.outside_neighbours`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from core.rome import rome_hparams
 
 DEFAULT_METHODS = ("memit", "rome", "ft")
 REFERENCE = "unedited"
-COLUMNS = ["method", "n", "ES", "PS", "NS", "S", "GE", "RS", "EM", "PM", "NM", "seconds",
+COLUMNS = ["method", "n", "ES", "PS", "NS", "S", "GE", "RS", "EM", "PM", "NM", "NS_outside", "seconds",
            "delta_norm", "relative_norm", "stored", "layers", "neighbours_excluded"]
 
 
@@ -80,7 +81,8 @@ def evaluate(handle, requests, *, gen_sample: int = 10, references=None, max_new
 
 
 def _row(method, n, summary, seconds=None, result=None) -> dict:
-    row = {"method": method, "n": n, **{k: summary.get(k) for k in ("ES", "PS", "NS", "S", "GE", "RS", "EM", "PM", "NM")},
+    row = {"method": method, "n": n, **{k: summary.get(k) for k in ("ES", "PS", "NS", "S", "GE", "RS", "EM", "PM", "NM",
+                                                                   "NS_outside")},
            "seconds": seconds, "delta_norm": None, "relative_norm": None, "stored": None, "layers": None,
            "neighbours_excluded": summary.get("neighbours_excluded", 0)}
     if result is not None:

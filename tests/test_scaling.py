@@ -166,3 +166,7 @@ def test_neighbours_edited_in_the_same_batch_are_left_out_of_ns(tiny_handle, hp)
     assert list(every["neighbours_excluded"]) == [0, 0]
     direct = summarize(counterfact_scores(tiny_handle, same_relation, exclude_edited_neighbours=True))
     assert kept.loc[0, "NS"] == direct["NS"]
+    # Orla is edited by nobody: with Kara left out NS and NS_outside count the same prompts, and
+    # NS_outside does not depend on the exclusion (it never counts Kara)
+    assert kept.loc[0, "NS_outside"] == direct["NS_outside"] == kept.loc[0, "NS"]
+    assert every.loc[0, "NS_outside"] == kept.loc[0, "NS_outside"]

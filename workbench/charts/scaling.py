@@ -21,6 +21,7 @@ METHOD_STYLE = {
     REFERENCE: {"color": "#555555", "name": "unedited", "dash": "dot"},
 }
 METRIC_TITLES = {"ES": "Efficacy (ES)", "PS": "Generalization (PS)", "NS": "Specificity (NS)",
+                 "NS_outside": "Specificity, subjects outside the batch (NS)",
                  "S": "Score (S)", "GE": "Fluency (GE, bits)", "RS": "Consistency (RS)",
                  "seconds": "Time to compute (s)", "stored": "Stored share (MEMIT, %)"}
 

@@ -96,8 +96,9 @@ def register(sub) -> None:
 
     e = sub.add_parser("eval", help="CounterFact evaluation: ES/PS/NS/S before and after editing n cases",
                        description="Edit the first n usable CounterFact cases at once and report the "
-                       "paper's scores (percent) before and after. Default: the demo model and its "
-                       "world's counterfact.json.")
+                       "paper's scores (percent) before and after, and NS over the neighbours the batch does "
+                       "not edit at all (ns_outside). Default: the demo model and its world's "
+                       "counterfact.json.")
     e.add_argument("--dataset", default=None, metavar="CF.json",
                    help="CounterFact-format JSON (default assets/world/counterfact.json)")
     e.add_argument("--n", type=int, default=100, help="number of edits (default 100)")
