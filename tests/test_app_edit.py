@@ -70,7 +70,7 @@ def test_edit_three_rows_then_metrics_and_delta_norm_chart_then_undo(app_model):
     assert at.metric or at.dataframe
     metric_tables = [d.value for d in at.dataframe if "metric" in d.value.columns]
     assert metric_tables and {"before", "after"} <= set(metric_tables[0].columns)
-    assert "Score S (%)" in set(metric_tables[0]["metric"])
+    assert {"Score S (%)", "NS, neighbours the batch does not edit (%)"} <= set(metric_tables[0]["metric"])
     per_edit = [d.value for d in at.dataframe if "stored" in d.value.columns]
     assert per_edit and per_edit[0]["stored"].tolist() == pytest.approx(run.result.per_edit["stored"].tolist())
     norm_charts = [sp for sp in plotly_specs(at) if "norm" in json.dumps(sp.get("layout", {})).lower()]

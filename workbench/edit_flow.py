@@ -173,7 +173,8 @@ def metrics_table(run: RunRecord) -> pd.DataFrame:
     pre, post = summarize(run.metrics_pre), summarize(run.metrics_post)
     names = {"ES": "Efficacy success ES (%)", "PS": "Paraphrase success PS (%)",
              "NS": "Neighbourhood success NS (%)", "S": "Score S (%)",
-             "new_top1": "New object is top-1 (%)"}
+             "new_top1": "New object is top-1 (%)",
+             "NS_outside": "NS, neighbours the batch does not edit (%)"}
     rows = [{"metric": label, "before": pre.get(k), "after": post.get(k)} for k, label in names.items()]
     rows.append({"metric": f"Generation entropy GE (bits, {GENERATION_EDITS} edits at most)",
                  "before": generation_entropy(run.generations, "before"),
