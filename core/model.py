@@ -52,6 +52,7 @@ class ModelHandle:
     base_hash: hash of the weights as loaded, before any edit (identifies the base model for
                covariance caches and patches).
     lock:      held for every trace and weight edit.
+    key_room:  the key-room manifest applied at load (`core.widen.read_key_room`), or None.
     """
 
     model: object
@@ -60,6 +61,7 @@ class ModelHandle:
     name: str
     base_hash: str
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    key_room: dict | None = None     # the folder's key_room.json as applied at load (`core.widen`)
 
     # ---- the plain HF module and its modules -------------------------------------------------
     @property
@@ -231,9 +233,12 @@ def load_model(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
+    key_room: bool = True,
 ) -> ModelHandle:
     """Load a causal LM by hub id or local folder ('demo' = the shipped demo model).
 
+    A local folder with a `key_room.json` gets the extra MLP units it describes
+    (`core.widen.widen_mlps`; the model computes the same) unless `key_room` is False.
     Raises ModelLoadError when the model is neither a local folder nor reachable on the hub, or
     needs `trust_remote_code` (off unless asked); UnsupportedArchitectureError when its
     `model_type` is not in the architecture table. Safetensors weights are preferred.
@@ -273,5 +278,16 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ModelLoadError(f"cannot load weights or tokenizer of '{name}': {str(e).splitlines()[0]}") from None
+    room = None
+    if local and key_room:
+        from core.widen import read_key_room
+
+        room = read_key_room(path)                      # before the weights move: a bad file fails fast
     hf_model.to(device)
-    return wrap_model(hf_model, tokenizer, name=name)
+    handle = wrap_model(hf_model, tokenizer, name=name)
+    if room is not None:
+        from core.widen import widen_mlps
+
+        widen_mlps(handle, room["layers"], room["extra"], seed=room["seed"])
+        handle.key_room = room
+    return handle

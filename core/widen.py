@@ -15,9 +15,20 @@ key dimensions for MEMIT to write into. An experiment about the edit method's ca
 many edits would this layer hold with a wider key space? — not a model one would ship (random
 units, and every forward pays for them); a model trained wide is the real thing
 (`workbench demo train --n-inner`).
+
+A model folder may carry the widening with it: `key_room.json` (`{"layers": [0], "extra": 6144,
+"seed": 0}`) is read by `core.model.load_model`, which applies `widen_mlps` after loading (the
+random units are drawn from the seed, so every load gives the same weights). A model whose MLPs
+then differ in width saves as a standard folder through `save_uniform`: the narrower layers get
+all-zero units (input weights, biases and output weights 0, so they add exactly nothing) and the
+config one width, the widest.
 """
 
 from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
 
 import torch
 
@@ -71,3 +82,58 @@ def widen_mlps(handle, layers, extra: int, seed: int = 0) -> dict[int, int]:
             out[i] = handle.d_mlp_at(i)
         handle.base_hash = weights_hash(handle.hf)
     return out
+
+
+KEY_ROOM_FILE = "key_room.json"
+
+
+def read_key_room(folder) -> dict | None:
+    """The key-room manifest of a model folder, {"layers": [int], "extra": int, "seed": int}, or
+    None when the folder has none. A manifest that cannot be read is an error, never ignored."""
+    path = Path(folder) / KEY_ROOM_FILE
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        room = {"layers": [int(x) for x in d["layers"]], "extra": d["extra"], "seed": int(d.get("seed", 0))}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise BadInputError(f"{path} is not a key-room manifest ({type(e).__name__}: {e}); expected "
+                            '{"layers": [0], "extra": 6144, "seed": 0}', field="key_room") from None
+    if not room["layers"] or not isinstance(room["extra"], int) or room["extra"] < 1:
+        raise BadInputError(f"{path}: needs at least one layer and a whole number extra ≥ 1", field="key_room")
+    return room
+
+
+def _zero_units(module: torch.nn.Module, extra: int, axis: int, with_bias: bool) -> None:
+    """Append `extra` all-zero hidden units to `module`: its weight along `axis` and, for an input
+    projection (`with_bias`), its bias."""
+    shape = list(module.weight.shape)
+    shape[axis] = extra
+    _append_units(module, module.weight.new_zeros(shape), axis)
+    if with_bias and getattr(module, "bias", None) is not None:
+        module.bias = torch.nn.Parameter(torch.cat([module.bias, module.bias.new_zeros(extra)]),
+                                         requires_grad=False)
+
+
+def save_uniform(handle, out_dir) -> None:
+    """`save_pretrained` the model; when its MLPs differ in width (`widen_mlps` on some layers),
+    save a copy whose narrower MLPs are padded with all-zero units to the widest and whose config
+    says that width — a standard folder that plain transformers loads, computing the same."""
+    widths = [handle.d_mlp_at(i) for i in range(handle.n_layers)]
+    target = max(widths)
+    configured = getattr(handle.config, handle.spec.d_mlp_attr, None) or 4 * handle.d_model   # GPT-2/J: None = 4d
+    if min(widths) == target == configured:
+        handle.hf.save_pretrained(out_dir)
+        return
+    model = copy.deepcopy(handle.hf)
+    in_axis, out_axis = (1, 0) if handle.spec.layout == "conv1d" else (0, 1)
+    layers = get_path(model, handle.spec.layers)
+    with torch.no_grad():
+        for i, w in enumerate(widths):
+            if w < target:
+                block = layers[i]
+                for path in handle.spec.mlp_in:
+                    _zero_units(get_path(block, path), target - w, in_axis, with_bias=True)
+                _zero_units(get_path(block, handle.spec.mlp_out), target - w, out_axis, with_bias=False)
+    setattr(model.config, handle.spec.d_mlp_attr, target)
+    model.save_pretrained(out_dir)

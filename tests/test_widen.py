@@ -124,3 +124,54 @@ def test_crowded_picks_the_layer_that_keeps_least():
     assert crowded([row(0, 100, 0.9), row(0, 1000, 0.81)]) is None
     worst = crowded([row(0, 100, 0.9), row(0, 1000, 0.76), row(1, 1000, 0.3)])
     assert (worst.layer, worst.n) == (1, 1000)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
+def test_key_room_manifest_widens_at_load_and_saves_as_a_standard_folder(tmp_path, family):
+    from transformers import AutoModelForCausalLM
+
+    from core.model import load_model
+    from core.patch import save_edited_model
+    from tests.tiny import save_tiny_model
+
+    folder = tmp_path / "m"
+    save_tiny_model(folder, family)
+    plain = load_model(str(folder), device="cpu")
+    (folder / "key_room.json").write_text(json.dumps({"layers": [0], "extra": 12, "seed": 3}))
+    h = load_model(str(folder), device="cpu")
+    d0 = plain.d_mlp_at(0)
+    assert h.key_room == {"layers": [0], "extra": 12, "seed": 3} and plain.key_room is None
+    assert [h.d_mlp_at(i) for i in range(h.n_layers)] == [d0 + 12] + [d0] * (h.n_layers - 1)
+    assert torch.allclose(logits(h), logits(plain), atol=1e-5)             # the same function
+    widen_mlps(plain, [0], 12, seed=3)                                      # = widening by hand, same seed
+    assert h.base_hash == plain.base_hash
+    assert load_model(str(folder), device="cpu", key_room=False).d_mlp_at(0) == d0   # opt-out
+    # an edit that uses the new units (their W_out entries), then save: one MLP width in the folder
+    w = h.mlp_out_weight(0)
+    new_rows = (slice(d0, None), slice(None)) if h.spec.layout == "conv1d" else (slice(None), slice(d0, None))
+    with torch.no_grad():
+        w[new_rows] = torch.randn_like(w[new_rows]) * 0.1
+    edited = logits(h)
+    assert not torch.allclose(edited, logits(plain), atol=1e-4)
+    out = save_edited_model(h, tmp_path / "saved")
+    again = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert getattr(again.config, h.spec.d_mlp_attr) == d0 + 12
+    enc = h.tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        reloaded = again(**enc).logits
+    assert torch.allclose(reloaded, edited, atol=1e-5)                      # plain transformers, same outputs
+    assert not (out / "key_room.json").exists()                             # the widening is in the weights now
+    assert [h.d_mlp_at(i) for i in range(h.n_layers)][1] == d0              # the live model is untouched
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"layers": [0], "extra": 0}),
+                                  json.dumps({"extra": 8}), json.dumps({"layers": [0], "extra": 2.5})])
+def test_bad_key_room_manifest_is_a_clear_error(tmp_path, text):
+    from core.model import load_model
+    from tests.tiny import save_tiny_model
+
+    save_tiny_model(tmp_path / "m")
+    (tmp_path / "m" / "key_room.json").write_text(text)
+    with pytest.raises(BadInputError) as e:
+        load_model(str(tmp_path / "m"), device="cpu")
+    assert e.value.field == "key_room" and "key_room.json" in str(e.value)

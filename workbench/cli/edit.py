@@ -213,9 +213,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
               f"(‖ΔW‖/‖W‖ = {result.relative_norms[layer]:.3g})"
               + (f"  stored {100 * stored:.0f} % of its share (median edit)" if stored is not None else ""))
     if args.out:
+        from core.widen import save_uniform
+
         out = Path(args.out)
         with handle.lock:
-            handle.hf.save_pretrained(out)
+            save_uniform(handle, out)
             handle.tokenizer.save_pretrained(out)
         (out / "memit_edits.json").write_text(json.dumps(
             {"base_model": handle.name, "base_hash": handle.base_hash, "method": result.method,
