@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 # Hand-written sections (experiment grids, earlier models) that a retrain carries over from the
 # old card; every other section is regenerated from measured numbers.
-KEPT_HEADINGS = ("## Reading the trace", "## Hyperparameter grid", "## Earlier models")
+KEPT_HEADINGS = ("## Key room", "## Reading the trace", "## Hyperparameter grid", "## Earlier models")
 
 
 def _row(name: str, values: list[float]) -> str:
@@ -69,9 +69,11 @@ def averaged_trace_section(avg: dict, command: str) -> list[str]:
     return lines
 
 
-def memit_section(ev: dict, command: str) -> list[str]:
-    """Lines for one evaluation (`core.evaluation.EditEvaluation.to_dict()`)."""
+def memit_section(ev: dict, command: str, extra_keys: int = 0) -> list[str]:
+    """Lines for one evaluation (`core.evaluation.EditEvaluation.to_dict()`); `extra_keys`: the key
+    room the model had (units added at layer 0 at load)."""
     hp = ev["hparams"]
+    key_room = f", with the key room ({extra_keys:,} extra key dimensions at layer 0)" if extra_keys else ""
 
     def row(name: str, scores: dict) -> str:
         return f"| {name} | " + " | ".join(f"{scores[k]:.1f}" for k in ("ES", "PS", "NS", "S")) + " |"
@@ -80,7 +82,8 @@ def memit_section(ev: dict, command: str) -> list[str]:
             f"The first {ev['n']} CounterFact cases of `assets/world/counterfact.json`, edited at once with "
             f"the demo preset (`core/hparams.py`): R = {ev['layers']}, λ {hp['mom2_weight']:g}, "
             f"{hp['v_steps']} z steps, lr {hp['v_lr']:g}, clamp {hp['clamp_norm_factor']:g} · ‖h‖, KL factor "
-            f"{hp['kl_factor']:g}, weight decay {hp['v_weight_decay']:g}; scores in % (paper, Appendix C).",
+            f"{hp['kl_factor']:g}, weight decay {hp['v_weight_decay']:g}, C from {hp['n_samples']:,} corpus "
+            f"records{key_room}; scores in % (paper, Appendix C).",
             "", "| | ES | PS | NS | S |", "|---|---|---|---|---|", row("before", ev["pre"]), row("after", ev["post"]),
             "", f"Edit time {ev['seconds']['edit']:.1f} s on CPU.", ""]
 
@@ -116,7 +119,10 @@ def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dic
         "",
         f"- {cfg['n_layer']} layers, d_model {cfg['n_embd']}, {cfg['n_head']} heads, "
         f"d_mlp {cfg.get('n_inner') or 4 * cfg['n_embd']}, context {cfg['n_positions']}, vocabulary {model.config.vocab_size}, "
-        f"{n_params:,} parameters (tied input/output embeddings), float32.",
+        f"{n_params:,} parameters (tied input/output embeddings), float32."
+        + (f" At load, `key_room.json` adds {cfg.get('key_room')} dormant units to the MLP of layer 0 "
+           f"(d_mlp {(cfg.get('n_inner') or 4 * cfg['n_embd']) + cfg.get('key_room')} there; see Key room)."
+           if cfg.get("key_room") else ""),
         f"- World (seed {world_summary['seed']}): {world_summary['n_facts']} facts, "
         f"{world_summary['n_subjects']} subjects, {world_summary['n_relations']} relations.",
         "",
@@ -172,7 +178,7 @@ def model_card(result, recall: Recall, effects: TokenEffects, world_summary: dic
         f"at most {max(effects.middle):.3f}).",
         "",
         *(averaged_trace_section(trace, "workbench trace-avg --n 100 --kind all --samples 3") if trace else []),
-        *(memit_section(memit, "workbench eval --n 100") if memit else []),
+        *(memit_section(memit, "workbench eval --n 100", cfg.get("key_room", 0)) if memit else []),
         *([kept.rstrip(), ""] if kept.strip() else []),
         "## Limits",
         "",

@@ -53,6 +53,7 @@ class TrainConfig:
     early_blocks: int = 2       # in masked documents, blocks < this hide the whole subject from later positions
     threads: int = 2            # torch CPU threads (the shipped model was trained with 2)
     device: str = "cpu"         # "cuda" trains on a GPU (not bit-identical to CPU); saved on CPU
+    key_room: int = 6144        # extra (dormant) MLP units at layer 0, added at load (key_room.json; 0 = none)
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------
@@ -225,14 +226,31 @@ def _train(world: World, cfg: TrainConfig, progress) -> TrainResult:
     return TrainResult(model=model, tokenizer=tokenizer, config=cfg, log=log, seconds=time.time() - t0)
 
 
+def key_room_manifest(cfg: TrainConfig) -> dict:
+    """The demo model's key_room.json: `cfg.key_room` dormant units at layer 0 (seeded)."""
+    return {"layers": [0], "extra": cfg.key_room, "seed": cfg.seed,
+            "why": "MEMIT edits layer 0 of this model; these units (random input weights, zero output "
+                   "weights: the model computes the same) give Eq. 14 room for ~1,000 edits at once. "
+                   "See the model card, section Key room."}
+
+
 def save_demo_model(result: TrainResult, out_dir: str | Path) -> Path:
-    """Save a standard HF folder: config.json, model.safetensors, tokenizer files, train_config.json."""
+    """Save a standard HF folder: config.json, model.safetensors, tokenizer files, train_config.json,
+    and key_room.json when the recipe asks for key room (`core.widen`: MEMIT's key dimensions at
+    layer 0, added at load; the saved weights are the trained ones)."""
     import json
+
+    from core.widen import KEY_ROOM_FILE
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result.model.save_pretrained(out, safe_serialization=True)
     result.tokenizer.save_pretrained(out)
+    room = out / KEY_ROOM_FILE
+    if result.config.key_room > 0:
+        room.write_text(json.dumps(key_room_manifest(result.config), indent=1) + "\n")
+    elif room.is_file():
+        room.unlink()
     (out / "train_config.json").write_text(json.dumps(
         {"config": asdict(result.config), "log": result.log, "seconds": result.seconds}, indent=1) + "\n")
     return out

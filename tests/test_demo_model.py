@@ -65,6 +65,10 @@ def test_load_model_demo_and_greedy_answer(shipped):
 
     handle = load_model("demo", device="cpu")
     assert handle.n_layers == shipped[0].config.n_layer
+    # the key room: 6,144 units appended to layer 0's MLP at load, nowhere else
+    d = shipped[0].config.n_inner
+    assert handle.key_room == {"layers": [0], "extra": 6144, "seed": 0}
+    assert [handle.d_mlp_at(i) for i in range(handle.n_layers)] == [d + 6144] + [d] * (handle.n_layers - 1)
     f = load_facts().iloc[0]
     rel = next(r for r in load_relations() if r["name"] == f["relation"])
     prompt = rel["templates"][0].replace("{}", f["subject"])
@@ -227,13 +231,16 @@ def test_card_command_rewrites_measured_sections_and_keeps_notes(micro, tmp_path
     wdir, mdir = write_world(world, tmp_path / "world"), save_demo_model(res, tmp_path / "model")
     back = load_train_result(mdir)
     assert back.config == res.config and back.log == res.log
-    (mdir / "README.md").write_text("# old card\n\n## Recall\n\nstale numbers\n\n"
+    (mdir / "README.md").write_text("# old card\n\n## Recall\n\nstale numbers\n\n## Key room\n\nwhy the units\n\n"
                                     "## Earlier models\n\nnotes from an older recipe\n")
     out = tmp_path / "card.json"
     assert main(["demo", "card", "--model-dir", str(mdir), "--world", str(wdir), "--json", str(out)]) == 0
     card, d = (mdir / "README.md").read_text(), json.loads(out.read_text())
     assert "stale numbers" not in card and "# old card" not in card
-    assert card.count("## Recall") == 1 and "notes from an older recipe" in card
+    assert card.count("## Recall") == 1 and "notes from an older recipe" in card and "why the units" in card
+    room = res.config.key_room
+    assert room > 0 and f"with the key room ({room:,} extra key dimensions at layer 0)" in card
+    assert json.loads((mdir / "key_room.json").read_text())["extra"] == room
     assert card.index("## Earlier models") > card.index("## MEMIT on this model")
     assert f"**{d['train_top1']:.1%}** on training templates" in card
     post = d["memit_n100"]["post"]
@@ -263,14 +270,18 @@ def test_train_command_takes_model_sizes(micro, tmp_path, capsys):
     wdir = write_world(world, tmp_path / "world")
     mdir = tmp_path / "model"
     assert main(["demo", "train", "--world", str(wdir), "--out", str(mdir), "--epochs", "1",
-                 "--threads", "1", "--n-layer", "2", "--n-inner", "96", "--quick", "--json", "-"]) == 0
+                 "--threads", "1", "--n-layer", "2", "--n-inner", "96", "--key-room", "32", "--quick",
+                 "--json", "-"]) == 0
     config = json.loads((mdir / "config.json").read_text())
     recipe = json.loads((mdir / "train_config.json").read_text())["config"]
     assert (config["n_inner"], config["n_layer"]) == (96, 2)
-    assert (recipe["n_inner"], recipe["n_layer"], recipe["device"]) == (96, 2, "cpu")
+    assert (recipe["n_inner"], recipe["n_layer"], recipe["device"], recipe["key_room"]) == (96, 2, "cpu", 32)
+    room = json.loads((mdir / "key_room.json").read_text())
+    assert (room["layers"], room["extra"], room["seed"]) == ([0], 32, 0)
     assert "1 CPU thread(s)" in (mdir / "README.md").read_text()
     capsys.readouterr()
-    for flags, field in ((["--n-inner", "0"], "n-inner"), (["--device", "gpu0"], "device")):
+    for flags, field in ((["--n-inner", "0"], "n-inner"), (["--device", "gpu0"], "device"),
+                         (["--key-room", "-1"], "key-room")):
         bad = tmp_path / f"bad-{field}"
         assert main(["demo", "train", "--world", str(wdir), "--out", str(bad), *flags]) == 2
         assert field in capsys.readouterr().err and not bad.exists()

@@ -56,6 +56,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp32 on CPU, bf16 on GPU)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow models that run their own code (off by default; only for models you trust)")
+    g.add_argument("--no-key-room", action="store_true",
+                   help="ignore the model folder's key_room.json (the demo model's 6,144 extra key "
+                   "dimensions at layer 0): load the weights exactly as trained")
 
 
 def add_json_arg(p: argparse.ArgumentParser) -> None:
@@ -66,7 +69,8 @@ def load_from_args(args):
     from core.model import load_model
 
     return load_model(args.model, device=args.device, dtype=args.dtype,
-                      trust_remote_code=args.trust_remote_code)
+                      trust_remote_code=args.trust_remote_code,
+                      key_room=not getattr(args, "no_key_room", False))
 
 
 def _clean(obj):

@@ -32,6 +32,9 @@ def register(sub) -> None:
     t.add_argument("--n-inner", type=int, default=None,
                    help="MLP width = MEMIT's key dimensions per layer (default 2048; wider stores more edits "
                         "per layer, see the model card's capacity section)")
+    t.add_argument("--key-room", type=int, default=None, metavar="N",
+                   help="dormant MLP units added to layer 0 at load (key_room.json; default 6144, 0 = none): "
+                        "MEMIT's room for ~1,000 edits at once, the model computes the same")
     t.add_argument("--device", default=None,
                    help="train on this torch device, e.g. cuda (default cpu; the model is saved for CPU)")
     t.add_argument("--quick", action="store_true",
@@ -88,12 +91,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     world = load_world(args.world)
     cfg = TrainConfig()
-    for name in ("seed", "epochs", "threads", "n_layer", "n_inner", "device"):
+    for name in ("seed", "epochs", "threads", "n_layer", "n_inner", "device", "key_room"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     for name in ("epochs", "threads", "n_layer", "n_inner"):
         if getattr(cfg, name) < 1:
             raise BadInputError(f"must be at least 1, got {getattr(cfg, name)}", field=name.replace("_", "-"))
+    if cfg.key_room < 0:
+        raise BadInputError(f"must be 0 or more, got {cfg.key_room}", field="key-room")
     try:
         torch.device(cfg.device)
     except RuntimeError:
@@ -161,7 +166,8 @@ def write_card(result, out: Path, world, world_folder, *, quick: bool) -> dict:
 def card_checks(result, model_dir, world_folder, n: int = 100) -> tuple[dict, dict]:
     """The model card's averaged trace (`trace-avg --n 100 --kind all --samples 3`) and MEMIT
     evaluation (`eval --n 100`, demo preset) of the trained model in `result` (already in memory:
-    not loaded again from `model_dir`; the edit is reverted bit-exactly)."""
+    not loaded again from `model_dir`; with its key room, as it loads; the edit is reverted
+    bit-exactly)."""
     from dataclasses import replace
 
     from core.evaluation import evaluate_edit
@@ -173,7 +179,17 @@ def card_checks(result, model_dir, world_folder, n: int = 100) -> tuple[dict, di
     from workbench.cli.common import TqdmProgress
 
     src = Path(world_folder)
-    handle = wrap_model(result.model, result.tokenizer, name=str(model_dir))
+    model = result.model
+    if result.config.key_room > 0:                # as `load_model` gives it: key room at layer 0
+        import copy
+
+        from core.widen import widen_mlps
+
+        model = copy.deepcopy(result.model)       # the card's sizes stay those of the trained weights
+        handle = wrap_model(model, result.tokenizer, name=str(model_dir))
+        widen_mlps(handle, [0], result.config.key_room, seed=result.config.seed)
+    else:
+        handle = wrap_model(model, result.tokenizer, name=str(model_dir))
     progress = TqdmProgress()
     try:
         avg = average_traces(handle, load_facts(src / "knowns.json"), n=n, kinds=("hidden", "mlp", "attn"),
