@@ -171,6 +171,7 @@ class ModelHandle:
             "mlp_out_path": f"{self.spec.layers}.{{i}}.{self.spec.mlp_out}",
             "weight_layout": self.spec.layout,
             "base_hash": self.base_hash,
+            "key_room": self.key_room,
         }
 
 

@@ -42,14 +42,30 @@ def demo_handle():
     return load_model("demo", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def demo_key_stats(demo_handle):
+    """Layer 0's key statistics C for the demo preset, computed once per test session into this
+    session's cache (WORKBENCH_HOME/stats). The demo model's key room makes C 8,192² — minutes on
+    one thread — so the app tests (whose runs time out after 60 s) and the browser test read it
+    from there instead of computing it inside an edit."""
+    from core.covariance import layer_covariances
+    from core.hparams import preset_for
+
+    hp = preset_for(demo_handle)
+    return layer_covariances(demo_handle, hp.layers, corpus=hp.corpus, n_samples=hp.n_samples,
+                             dtype=hp.stats_dtype, batch_size=hp.stats_batch_size,
+                             max_tokens=hp.stats_max_tokens)
+
+
 @pytest.fixture(scope="module")
-def app_model(tmp_path_factory):
+def app_model(tmp_path_factory, request):
     """The model name the AppTest tests' app opens with (demo model, or a tiny model folder)."""
     from core.model import demo_model_dir
     from tests.app_helpers import save_app_model
     from workbench.state import DEFAULT_MODEL_ENV
 
     if demo_model_dir().is_dir():
+        request.getfixturevalue("demo_key_stats")       # warm the key-statistics cache first
         name = "demo"
     else:
         name = str(tmp_path_factory.mktemp("tiny-model"))

@@ -57,14 +57,19 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> Non
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, request):
     """`workbench app --port P` as a subprocess (own process group); yields its URL."""
     from core.model import demo_model_dir
+    from core.paths import stats_dir
 
-    env = dict(os.environ, WORKBENCH_HOME=str(tmp_path_factory.mktemp("browser-home")),
+    home = tmp_path_factory.mktemp("browser-home")
+    env = dict(os.environ, WORKBENCH_HOME=str(home),
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1")
-    if not demo_model_dir().is_dir():
+    if demo_model_dir().is_dir():
+        request.getfixturevalue("demo_key_stats")       # layer 0's C, computed once per session
+        shutil.copytree(stats_dir(), home / "stats", dirs_exist_ok=True)
+    else:
         from tests.test_app import save_app_model
 
         tiny = str(tmp_path_factory.mktemp("tiny-model"))

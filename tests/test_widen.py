@@ -141,6 +141,7 @@ def test_key_room_manifest_widens_at_load_and_saves_as_a_standard_folder(tmp_pat
     h = load_model(str(folder), device="cpu")
     d0 = plain.d_mlp_at(0)
     assert h.key_room == {"layers": [0], "extra": 12, "seed": 3} and plain.key_room is None
+    assert h.info()["key_room"] == h.key_room and plain.info()["key_room"] is None
     assert [h.d_mlp_at(i) for i in range(h.n_layers)] == [d0 + 12] + [d0] * (h.n_layers - 1)
     assert torch.allclose(logits(h), logits(plain), atol=1e-5)             # the same function
     widen_mlps(plain, [0], 12, seed=3)                                      # = widening by hand, same seed

@@ -190,7 +190,12 @@ def sidebar_card(s: state.WorkbenchState) -> None:
         return
     info = handle.info()
     st.markdown(f"**{escape_md(s.model_name)}** · {escape_md(info['family'])}")
-    st.caption(f"{info['n_layers']} layers · d={info['d_model']} · {info['n_params'] / 1e6:.1f} M params")
+    room = info.get("key_room")
+    st.caption(f"{info['n_layers']} layers · d={info['d_model']} · {info['n_params'] / 1e6:.1f} M params"
+               + (f" · key room +{room['extra']:,} at layer {', '.join(map(str, room['layers']))}" if room else ""),
+               help="Key room (key_room.json in the model folder): dormant MLP units added at load — "
+               "zero output weights, so the model computes the same — that give MEMIT more key "
+               "dimensions to store edits apart. See the demo model's card." if room else None)
     st.caption(f"Edit state: {edit_state_text(handle)}")
 
 
