@@ -269,6 +269,11 @@ def load_model(
             f"(offline or unknown id): {str(e).splitlines()[0]}"
         ) from None
     spec_for(config.model_type)  # fail fast on unsupported families, before loading weights
+    room = None
+    if local and key_room:
+        from core.widen import read_key_room
+
+        room = read_key_room(path)   # a bad key_room.json fails here too, before the weights load
     torch_dtype = _pick_dtype(dtype, device)
     has_safetensors = local and any(Path(path).glob("*.safetensors"))
     try:
@@ -279,16 +284,10 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ModelLoadError(f"cannot load weights or tokenizer of '{name}': {str(e).splitlines()[0]}") from None
-    room = None
-    if local and key_room:
-        from core.widen import read_key_room
-
-        room = read_key_room(path)                      # before the weights move: a bad file fails fast
     hf_model.to(device)
     handle = wrap_model(hf_model, tokenizer, name=name)
     if room is not None:
-        from core.widen import widen_mlps
+        from core.widen import apply_key_room
 
-        widen_mlps(handle, room["layers"], room["extra"], seed=room["seed"])
-        handle.key_room = room
+        apply_key_room(handle, room)
     return handle

@@ -11,14 +11,15 @@ approach d_mlp, each stores less of its residual and leaks more into other subje
 
 (shown in the Linear layout; Conv1D stores the transposes; gated MLPs get G for both the gate
 and the up projection). The model computes exactly what it did, but W_out has d_mlp + extra
-key dimensions for MEMIT to write into. An experiment about the edit method's capacity — how
-many edits would this layer hold with a wider key space? — not a model one would ship (random
-units, and every forward pays for them); a model trained wide is the real thing
+key dimensions for MEMIT to write into — how many edits would this layer hold with a wider key
+space? (`--extra-keys N` on `capacity` / `eval`). Every forward pays for the units, so it is worth
+it only in the layers MEMIT edits; a model trained wide is the cleaner thing
 (`workbench demo train --n-inner`).
 
 A model folder may carry the widening with it: `key_room.json` (`{"layers": [0], "extra": 6144,
-"seed": 0}`) is read by `core.model.load_model`, which applies `widen_mlps` after loading (the
-random units are drawn from the seed, so every load gives the same weights). A model whose MLPs
+"seed": 0}`) is read by `core.model.load_model`, which applies it with `apply_key_room` (the
+random units are drawn from the seed, so every load gives the same weights; the demo model ships
+one). A model whose MLPs
 then differ in width saves as a standard folder through `save_uniform`: the narrower layers get
 all-zero units (input weights, biases and output weights 0, so they add exactly nothing) and the
 config one width, the widest.
@@ -47,6 +48,28 @@ def _append_units(module: torch.nn.Module, new: torch.Tensor, axis: int) -> None
         module.nf = w.shape[1]
 
 
+def _grow_mlp(block: torch.nn.Module, spec, extra: int, g: torch.Generator | None) -> None:
+    """Append `extra` hidden units to the MLP of `block`, with zero output weights. Input weights
+    and biases: random (W_in's mean per-unit std, b_in's mean and std) drawn from `g`, or zero
+    when `g` is None (units that add exactly nothing, to pad a layer)."""
+    in_axis, out_axis = (1, 0) if spec.layout == "conv1d" else (0, 1)   # hidden-unit axes as stored
+    for path in spec.mlp_in:
+        mod = get_path(block, path)
+        if g is None:
+            G = mod.weight.new_zeros(extra, mod.weight.shape[1 - in_axis])
+        else:
+            scale = mod.weight.float().std(dim=1 - in_axis).mean()        # mean per-unit std
+            G = torch.randn(extra, mod.weight.shape[1 - in_axis], generator=g) * scale   # (extra, d)
+        _append_units(mod, G if in_axis == 0 else G.T, in_axis)
+        if getattr(mod, "bias", None) is not None:
+            b = mod.bias.float()
+            new_b = mod.bias.new_zeros(extra) if g is None else torch.randn(extra, generator=g) * b.std() + b.mean()
+            mod.bias = torch.nn.Parameter(torch.cat([mod.bias, new_b.to(mod.bias)]), requires_grad=False)
+    down = get_path(block, spec.mlp_out)
+    zeros = down.weight.new_zeros(extra, down.weight.shape[1 - out_axis])      # (extra, d)
+    _append_units(down, zeros if out_axis == 0 else zeros.T, out_axis)
+
+
 def widen_mlps(handle, layers, extra: int, seed: int = 0) -> dict[int, int]:
     """Append `extra` random hidden units with zero output weights to the MLPs of `layers`, in
     place (the model's outputs are unchanged up to float rounding). Returns {layer: new d_mlp}.
@@ -61,24 +84,11 @@ def widen_mlps(handle, layers, extra: int, seed: int = 0) -> dict[int, int]:
     from core.model import weights_hash
 
     layers = handle.check_layers(layers)
-    in_axis, out_axis = (1, 0) if handle.spec.layout == "conv1d" else (0, 1)   # hidden-unit axes as stored
     g = torch.Generator().manual_seed(int(seed))
     out = {}
     with handle.lock, torch.no_grad():
         for i in layers:
-            block = handle.hf_layer(i)
-            for path in handle.spec.mlp_in:
-                mod = get_path(block, path)
-                scale = mod.weight.float().std(dim=1 - in_axis).mean()        # mean per-unit std
-                G = torch.randn(extra, mod.weight.shape[1 - in_axis], generator=g) * scale   # (extra, d)
-                _append_units(mod, G if in_axis == 0 else G.T, in_axis)
-                if getattr(mod, "bias", None) is not None:
-                    b = mod.bias.float()
-                    new_b = torch.randn(extra, generator=g) * b.std() + b.mean()
-                    mod.bias = torch.nn.Parameter(torch.cat([mod.bias, new_b.to(mod.bias)]), requires_grad=False)
-            down = handle.mlp_out_module(i)
-            zeros = down.weight.new_zeros(extra, down.weight.shape[1 - out_axis])      # (extra, d)
-            _append_units(down, zeros if out_axis == 0 else zeros.T, out_axis)
+            _grow_mlp(handle.hf_layer(i), handle.spec, extra, g)
             out[i] = handle.d_mlp_at(i)
         handle.base_hash = weights_hash(handle.hf)
     return out
@@ -104,15 +114,11 @@ def read_key_room(folder) -> dict | None:
     return room
 
 
-def _zero_units(module: torch.nn.Module, extra: int, axis: int, with_bias: bool) -> None:
-    """Append `extra` all-zero hidden units to `module`: its weight along `axis` and, for an input
-    projection (`with_bias`), its bias."""
-    shape = list(module.weight.shape)
-    shape[axis] = extra
-    _append_units(module, module.weight.new_zeros(shape), axis)
-    if with_bias and getattr(module, "bias", None) is not None:
-        module.bias = torch.nn.Parameter(torch.cat([module.bias, module.bias.new_zeros(extra)]),
-                                         requires_grad=False)
+def apply_key_room(handle, room: dict) -> None:
+    """Widen the handle's MLPs as the manifest `room` (`read_key_room`) says; record it on the
+    handle (`handle.key_room`, shown by `info()`)."""
+    widen_mlps(handle, room["layers"], room["extra"], seed=room["seed"])
+    handle.key_room = {k: room[k] for k in ("layers", "extra", "seed")}
 
 
 def save_uniform(handle, out_dir) -> None:
@@ -126,14 +132,10 @@ def save_uniform(handle, out_dir) -> None:
         handle.hf.save_pretrained(out_dir)
         return
     model = copy.deepcopy(handle.hf)
-    in_axis, out_axis = (1, 0) if handle.spec.layout == "conv1d" else (0, 1)
     layers = get_path(model, handle.spec.layers)
     with torch.no_grad():
         for i, w in enumerate(widths):
             if w < target:
-                block = layers[i]
-                for path in handle.spec.mlp_in:
-                    _zero_units(get_path(block, path), target - w, in_axis, with_bias=True)
-                _zero_units(get_path(block, handle.spec.mlp_out), target - w, out_axis, with_bias=False)
+                _grow_mlp(layers[i], handle.spec, target - w, None)
     setattr(model.config, handle.spec.d_mlp_attr, target)
     model.save_pretrained(out_dir)

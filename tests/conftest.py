@@ -48,13 +48,11 @@ def demo_key_stats(demo_handle):
     session's cache (WORKBENCH_HOME/stats). The demo model's key room makes C 8,192² — minutes on
     one thread — so the app tests (whose runs time out after 60 s) and the browser test read it
     from there instead of computing it inside an edit."""
-    from core.covariance import layer_covariances
     from core.hparams import preset_for
+    from core.memit import key_statistics
 
     hp = preset_for(demo_handle)
-    return layer_covariances(demo_handle, hp.layers, corpus=hp.corpus, n_samples=hp.n_samples,
-                             dtype=hp.stats_dtype, batch_size=hp.stats_batch_size,
-                             max_tokens=hp.stats_max_tokens)
+    return key_statistics(demo_handle, hp, hp.layers)
 
 
 @pytest.fixture(scope="module")

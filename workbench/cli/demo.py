@@ -168,28 +168,26 @@ def card_checks(result, model_dir, world_folder, n: int = 100) -> tuple[dict, di
     evaluation (`eval --n 100`, demo preset) of the trained model in `result` (already in memory:
     not loaded again from `model_dir`; with its key room, as it loads; the edit is reverted
     bit-exactly)."""
+    import copy
     from dataclasses import replace
 
+    from core.demo_train import key_room_manifest
     from core.evaluation import evaluate_edit
     from core.hparams import DEMO_PRESET, MemitHparams
     from core.model import wrap_model
     from core.requests import load_dataset_requests
     from core.trace_avg import average_traces, load_facts
     from core.tracing import TraceSettings
+    from core.widen import apply_key_room
     from workbench.cli.common import TqdmProgress
 
     src = Path(world_folder)
-    model = result.model
-    if result.config.key_room > 0:                # as `load_model` gives it: key room at layer 0
-        import copy
-
-        from core.widen import widen_mlps
-
-        model = copy.deepcopy(result.model)       # the card's sizes stay those of the trained weights
-        handle = wrap_model(model, result.tokenizer, name=str(model_dir))
-        widen_mlps(handle, [0], result.config.key_room, seed=result.config.seed)
-    else:
-        handle = wrap_model(model, result.tokenizer, name=str(model_dir))
+    room = key_room_manifest(result.config) if result.config.key_room > 0 else None
+    # with its key room, as `load_model` gives it, on a copy (the card's sizes are the trained weights')
+    handle = wrap_model(copy.deepcopy(result.model) if room else result.model, result.tokenizer,
+                        name=str(model_dir))
+    if room:
+        apply_key_room(handle, room)
     progress = TqdmProgress()
     try:
         avg = average_traces(handle, load_facts(src / "knowns.json"), n=n, kinds=("hidden", "mlp", "attn"),
