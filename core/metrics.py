@@ -66,6 +66,20 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def subject_finder(subjects) -> "callable":
+    """A function prompt -> the set of these subjects the prompt names.
+
+    A subject counts only as a whole name: not inside a longer word ("Orla" is not named by
+    "Orlando") and not inside a longer subject the prompt names ("Rose" is not named by "Wanda Rose
+    Bramsey" when that is a subject too: the scan takes the longest name at each position).
+    """
+    names = sorted(set(subjects), key=len, reverse=True)
+    if not names:
+        return lambda prompt: set()
+    rx = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in names) + r")(?!\w)")
+    return lambda prompt: {m.group(0) for m in rx.finditer(prompt)}
+
+
 def edited_neighbours(requests: list[EditRequest]) -> list[set[int]]:
     """For each request, the indices of its neighbourhood prompts that are about a subject the same
     batch edits under the same relation: that subject's true object is changed on purpose, so
@@ -73,10 +87,11 @@ def edited_neighbours(requests: list[EditRequest]) -> list[set[int]]:
     by_relation: dict[str, set[str]] = {}
     for r in requests:
         by_relation.setdefault(r.relation_key, set()).add(r.subject)
+    named = subject_finder(r.subject for r in requests)
     out = []
     for r in requests:
         others = by_relation[r.relation_key] - {r.subject}
-        out.append({j for j, p in enumerate(r.neighborhood_prompts) if any(s in p for s in others)})
+        out.append({j for j, p in enumerate(r.neighborhood_prompts) if named(p) & others})
     return out
 
 
@@ -85,11 +100,10 @@ def outside_neighbours(requests: list[EditRequest]) -> list[set[int]]:
     edits at all (under any relation). In a large batch over a small world many neighbours are
     themselves edited under another relation; NS over the prompts outside the batch isolates the
     leak of the edits onto subjects nobody edited (the paper's reading of Eq. 26)."""
-    names = sorted({r.subject for r in requests}, key=len, reverse=True)
-    if not names:
+    if not requests:
         return []
-    rx = re.compile("|".join(re.escape(n) for n in names))
-    return [{j for j, p in enumerate(r.neighborhood_prompts) if not rx.search(p)} for r in requests]
+    named = subject_finder(r.subject for r in requests)
+    return [{j for j, p in enumerate(r.neighborhood_prompts) if not named(p)} for r in requests]
 
 
 def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64, progress=None, *,

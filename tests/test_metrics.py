@@ -134,3 +134,22 @@ def test_ns_outside_counts_only_neighbours_the_batch_does_not_edit(tiny_handle):
     assert math.isnan(df.NS_outside[1]) and math.isnan(df.NS_outside[2])
     s = summarize(df)
     assert s["NS_outside"] == 100 * wins_true("Toyota plays the") and s["neighbours_outside"] == 1
+
+
+def test_neighbour_sets_match_subjects_as_whole_names():
+    from core.metrics import edited_neighbours, outside_neighbours, subject_finder
+
+    named = subject_finder(["Orla", "Rose", "Wanda Rose Bramsey", "C++"])
+    assert named("Orlando plays the") == set()                     # inside a longer word
+    assert named("Orla's sister plays the") == {"Orla"}            # followed by punctuation
+    assert named("Wanda Rose Bramsey plays the") == {"Wanda Rose Bramsey"}   # longest name wins
+    assert named("Rose and Orla play the") == {"Rose", "Orla"}
+    assert named("C++ is written in") == {"C++"}
+    assert subject_finder([])("anything") == set()
+
+    a = EditRequest("{} plays the", "Orla", "chess", "trumpet", relation_id="P1",
+                    neighborhood_prompts=("Orlando plays the", "Rose plays the", "Toyota plays the"))
+    b = EditRequest("{} plays the", "Rose", "golf", "piano", relation_id="P1",
+                    neighborhood_prompts=("Orla plays the",))
+    assert edited_neighbours([a, b]) == [{1}, {0}]
+    assert outside_neighbours([a, b]) == [{0, 2}, set()]
