@@ -35,15 +35,21 @@ FORWARD_COST = 300.0
 BLOCK_COST = 15.0
 ROW_COST = 5.0
 FITTED_BLOCK_MACS = 12 * 128 ** 2
+# On an accelerator the fixed costs stay what they are on the CPU — Python, nnsight's setup, kernel
+# launches: wall time — while a unit of work runs orders of magnitude faster (a GPU streams a
+# forward of a few thousand token-rows of a small model in about the time of its launches). In
+# units of work they are then ~10³ times larger: the plan runs each grid in as few forwards as the
+# memory budget allows. An estimate, not fitted on a GPU; `bench trace` reports forwards and times
+# per path, which is what would fit it.
+ACCELERATOR_OVERHEAD = 1000.0
 
 
 def overhead_scale(d_model: int, d_mlp: int, device_type: str) -> float:
     """The fixed costs above in units of this model's block evaluation: the fitted block's MACs
     over this one's (attention projections 4·d², MLP 2·d·d_mlp) on a CPU, where a forward is
-    compute-bound; 1 elsewhere (not fitted: kept as measured)."""
-    if device_type != "cpu":
-        return 1.0
-    return FITTED_BLOCK_MACS / float(4 * d_model ** 2 + 2 * d_model * d_mlp)
+    compute-bound; on any other device `ACCELERATOR_OVERHEAD` times that."""
+    scale = FITTED_BLOCK_MACS / float(4 * d_model ** 2 + 2 * d_model * d_mlp)
+    return scale if device_type == "cpu" else scale * ACCELERATOR_OVERHEAD
 
 
 def cache_kv(cache, n_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:

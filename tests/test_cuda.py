@@ -54,6 +54,7 @@ def test_trace_grid_and_severed_on_cuda_equal_cpu(family):
         batched = run_grid(p_gpu, kind)
         loop = run_grid(p_gpu, kind, batched=False)
         np.testing.assert_allclose(batched.scores, ref, atol=1e-5, rtol=0)
+        assert batched.forwards == 1 < loop.forwards            # a GPU plan runs the grid at once
         np.testing.assert_allclose(loop.scores, ref, atol=1e-5, rtol=0)
     s_cpu, s_gpu = run_severed(p_cpu), run_severed(p_gpu)
     for name in ("normal", "mlp_severed", "attn_severed"):

@@ -145,7 +145,7 @@ def test_cheaper_fixed_costs_plan_more_forwards_and_less_work():
 
     assert overhead_scale(128, 512, "cpu") == pytest.approx(1.0)        # the fitted shape
     assert overhead_scale(128, 2048, "cpu") == pytest.approx(1 / 3)     # 4·d² + 2·d·d_mlp MACs
-    assert overhead_scale(4096, 16384, "cuda") == 1.0                   # not fitted off the CPU
+    assert overhead_scale(128, 2048, "cuda") == pytest.approx(1000 / 3)  # fixed costs ≫ work on a GPU
     tokens = [t for t in range(6) for _ in range(8)]
     blocks = [b for _ in range(6) for b in range(8)]
 
@@ -153,6 +153,11 @@ def test_cheaper_fixed_costs_plan_more_forwards_and_less_work():
         return sum(len(c) * 10 * (6 - min(tokens[i] for i in c)) * (8 - min(blocks[i] for i in c))
                    for c in chunks)
 
+    gpu = plan_chunks(tokens, blocks, 6, 8, 10, max_cells=48, overhead=overhead_scale(128, 2048, "cuda"))
+    assert gpu == [list(range(48))]                                      # the whole grid, one forward
+    assert plan_chunks(tokens, blocks, 6, 8, 10, max_cells=20,
+                       overhead=overhead_scale(128, 2048, "cuda")) == [list(range(20)), list(range(20, 40)),
+                                                                       list(range(40, 48))]   # memory cap
     plans = [plan_chunks(tokens, blocks, 6, 8, 10, max_cells=48, overhead=o) for o in (1.0, 1 / 3, 0.0)]
     for plan in plans:
         assert sorted(i for c in plan for i in c) == list(range(48))
