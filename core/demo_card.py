@@ -81,7 +81,7 @@ def memit_section(ev: dict, command: str, extra_keys: int = 0) -> list[str]:
     return [f"## MEMIT on this model (`{command}`)", "",
             f"The first {ev['n']} CounterFact cases of `assets/world/counterfact.json`, edited at once with "
             f"the demo preset (`core/hparams.py`): R = {ev['layers']}, λ {hp['mom2_weight']:g}, "
-            f"{hp['v_steps']} z steps, lr {hp['v_lr']:g}, clamp {hp['clamp_norm_factor']:g} · ‖h‖, KL factor "
+            f"{hp['v_steps']} z steps, {hp['n_context']} context prefixes, lr {hp['v_lr']:g}, clamp {hp['clamp_norm_factor']:g} · ‖h‖, KL factor "
             f"{hp['kl_factor']:g}, weight decay {hp['v_weight_decay']:g}, C from {hp['n_samples']:,} corpus "
             f"records{key_room}; scores in % (paper, Appendix C).",
             "", "| | ES | PS | NS | S |", "|---|---|---|---|---|", row("before", ev["pre"]), row("after", ev["post"]),

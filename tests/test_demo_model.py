@@ -89,6 +89,7 @@ def test_demo_preset_lambda_follows_the_range(shipped):
 
     handle = load_model("demo", device="cpu")
     assert preset_for(handle).layers == DEMO_PRESET["layers"] == [0]
+    assert preset_for(handle).n_context == 10                       # ten context prefixes for z
     assert preset_for(handle).mom2_weight == DEMO_PRESET["mom2_weight"] == DEMO_LAMBDA_BY_R[(0,)]
     assert preset_for(handle, layers=[1, 0]).mom2_weight == DEMO_LAMBDA_BY_R[(0, 1)] == 100.0
     assert preset_for(handle, layers=[2, 3]).mom2_weight == DEMO_PRESET["mom2_weight"]   # not measured
@@ -97,9 +98,10 @@ def test_demo_preset_lambda_follows_the_range(shipped):
     args = p.parse_args(["--layers", "0,1"])
     args.method = "memit"
     assert hparams_from_args(handle, args).mom2_weight == 100.0
-    args = p.parse_args(["--layers", "0-1", "--lambda", "7"])
+    args = p.parse_args(["--layers", "0-1", "--lambda", "7", "--n-context", "5"])
     args.method = "memit"
-    assert hparams_from_args(handle, args).mom2_weight == 7.0
+    hp = hparams_from_args(handle, args)
+    assert (hp.mom2_weight, hp.n_context, hp.v_steps) == (7.0, 5, DEMO_PRESET["v_steps"])
 
 
 def test_curriculum_mask_hides_early_subject_tokens():

@@ -34,6 +34,8 @@ def add_hparam_args(p: argparse.ArgumentParser) -> None:
                    help="corpus records for the statistics")
     g.add_argument("--batch-size", dest="batch_size", type=int, default=None, metavar="N",
                    help="edits optimised together (0 = all, 1 = serial)")
+    g.add_argument("--n-context", dest="n_context", type=int, default=None, metavar="N",
+                   help="model-generated context prefixes for z (Eq. 16), besides the bare prompt")
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -70,7 +72,8 @@ def hparams_from_args(handle, args):
         hp = MemitHparams.from_dict(d) if "mom2_weight" in d else from_reference_json(d)
     hp = hp.replace(layers=parse_layers(args.layers), mom2_weight=args.mom2_weight, v_steps=args.v_steps,
                     clamp_norm_factor=args.clamp_norm_factor, kl_factor=args.kl_factor,
-                    corpus=args.corpus, n_samples=args.n_samples, batch_size=args.batch_size)
+                    corpus=args.corpus, n_samples=args.n_samples, batch_size=args.batch_size,
+                    n_context=args.n_context)
     handle.check_layers(hp.layers)
     return hp
 

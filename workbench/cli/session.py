@@ -238,7 +238,8 @@ def _setup(args):
 
     methods = check_methods(args.methods.split(","))
     handle = common.load_from_args(args)
-    options = {k: None for k in ("v_steps", "clamp_norm_factor", "kl_factor", "corpus", "n_samples", "batch_size")}
+    options = {k: None for k in ("v_steps", "clamp_norm_factor", "kl_factor", "corpus", "n_samples", "batch_size",
+                                 "n_context")}
     base = hparams_from_args(handle, argparse.Namespace(**vars(args), method="memit", **options))
     per = {"rome": rome_hparams(handle, args.rome_layer, base)}
     ft = ft_hparams(handle, base)
