@@ -36,7 +36,7 @@ from transformers import DynamicCache
 from core.arch import get_path
 from core.model import position_ids_for
 from core.requests import EditRequest
-from core.tracing_cache import cache_kv
+from core.tracing_cache import cache_kv, overhead_scale
 
 CONTEXT_STARTS = ("The", "Therefore", "Because", "I", "You")
 KL_TEMPLATE = "{} is a"
@@ -173,30 +173,74 @@ def tail_tokens(tokenizer, req: EditRequest) -> int:
     return len(tokenizer(rest, add_special_tokens=False)["input_ids"])
 
 
+# Fixed cost of one z step (nnsight setup, the backward's bookkeeping, Adam on δ) in units of one
+# row × one fed token through the blocks after L, forward and backward. Measured on the shipped
+# demo model (2 CPU threads): a step of one edit (12 rows × ≈ 8 tokens) takes 23 ms, of 16 edits
+# 186 ms → ≈ 12 ms fixed ≈ 110 units of its blocks (4·d² + 2·d·d_mlp MACs each), written here in
+# the trace plan's units (`overhead_scale`: 1/3 on that model, × ACCELERATOR_OVERHEAD off the CPU).
+STEP_COST = 330.0
+
+
+def plan_batches(tails: list[int], sizes: list[int], prompts: int, cap: int, step_cost: float) -> list[list[int]]:
+    """Key groups → batches of at most `cap` edits (a group larger than `cap` is one batch alone).
+
+    Rows are left-padded and a step feeds every row of a batch from the batch's earliest δ
+    position, so a step costs about step_cost + rows × (longest tail + 1), with tails[g] the
+    tokens after the subject (prompt rest + target) of group g, sizes[g] its edits and
+    (sizes[g] · prompts + 1) its rows (+1: the KL prompt). Groups are sorted by tail and cut into
+    contiguous runs by dynamic programming over the distinct tail lengths, a run holding more than
+    `cap` edits being filled in order into several batches: many small batches of equal tails
+    where a step's fixed cost is small (a CPU), few large ones where it dominates (a GPU).
+    """
+    order = sorted(range(len(tails)), key=lambda g: (tails[g], g))
+    values = sorted(set(tails))
+
+    def pieces(run: list[int]) -> list[list[int]]:
+        out, cur, edits = [], [], 0
+        for g in run:
+            if cur and edits + sizes[g] > cap:
+                out.append(cur)
+                cur, edits = [], 0
+            cur.append(g)
+            edits += sizes[g]
+        return out + ([cur] if cur else [])
+
+    def cost(batches: list[list[int]]) -> float:
+        return sum(step_cost + sum(sizes[g] * prompts + 1 for g in b) * (max(tails[g] for g in b) + 1)
+                   for b in batches)
+
+    by_value = {v: [g for g in order if tails[g] == v] for v in values}
+    best: list[tuple[float, list[list[int]]]] = [(0.0, [])]      # best[k]: the first k tail values
+    for k in range(1, len(values) + 1):
+        options = []
+        for j in range(k):
+            run = pieces([g for v in values[j:k] for g in by_value[v]])
+            options.append((best[j][0] + cost(run), best[j][1] + run))
+        best.append(min(options, key=lambda o: o[0]))
+    return best[-1][1]
+
+
 def compute_targets(handle, requests: list[EditRequest], layer: int, context_templates: list[str], hp,
                     *, batch_size: int | None = None, progress=None) -> TargetResult:
-    """zᵢ for every request at block `layer` (Eq. 16); about `batch_size` edits per padded batch
-    (None: hp.batch_size; 0: all at once; 1: serial). Edits of one key group (`key_group`) share
-    one δ — their keys are identical, so Eq. 14 can only give them one value — and stay in one batch."""
+    """zᵢ for every request at block `layer` (Eq. 16); at most `batch_size` edits per padded batch
+    (None: hp.batch_size; 0: all in one batch; 1: serial), grouped by `plan_batches`. Edits of one
+    key group (`key_group`) share one δ — their keys are identical, so Eq. 14 can only give them
+    one value — and stay in one batch. The batching changes the time, not z: rows never interact."""
     t0 = time.perf_counter()
     templates = ensure_bare(context_templates)
     n = len(requests)
-    chunk = hp.batch_size if batch_size is None else batch_size
-    chunk = n if chunk <= 0 else chunk
+    cap = hp.batch_size if batch_size is None else batch_size
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
         groups.setdefault(key_group(r), []).append(i)
-    # Rows are left-padded and a step feeds every row from the batch's earliest δ position, so
-    # a batch costs about (its longest tail after the subject) per row: batch similar tails.
-    tails = {i: tail_tokens(handle.tokenizer, r) for i, r in enumerate(requests)}
-    order = sorted(groups.values(), key=lambda m: (max(tails[i] for i in m), m[0]))
-    chunks, cur = [], []
-    for members in order:
-        cur += members
-        if len(cur) >= chunk:
-            chunks.append(cur)
-            cur = []
-    chunks += [cur] if cur else []
+    members = list(groups.values())
+    tails = [max(tail_tokens(handle.tokenizer, requests[i]) for i in m) for m in members]
+    if cap <= 0:                                                    # all at once
+        chunks = [[i for m in members for i in m]]
+    else:
+        step = STEP_COST * overhead_scale(handle.d_model, handle.d_mlp, torch.device(handle.device).type)
+        plan = plan_batches(tails, [len(m) for m in members], len(templates), cap, step)
+        chunks = [[i for g in batch for i in members[g]] for batch in plan]
     z, h = torch.zeros(n, handle.d_model), torch.zeros(n, handle.d_model)
     out = {k: [0.0] * n for k in ("loss", "nll", "kl")}
     out["steps"] = [0] * n

@@ -150,3 +150,76 @@ def test_edits_with_the_same_subject_key_share_one_delta(corpus):
     assert torch.equal(b.z[0], b.z[2]) and not torch.allclose(b.z[0], b.z[3])
     assert torch.allclose(b.z, s.z, atol=1e-5, rtol=1e-4)
     assert b.loss[0] != b.loss[2]                                                # own NLL per edit
+
+
+def _batch_cost(plan, tails, sizes, prompts, step):
+    return sum(step + sum(sizes[g] * prompts + 1 for g in b) * (max(tails[g] for g in b) + 1) for b in plan)
+
+
+def _fill(groups, sizes, cap):
+    out, cur, edits = [], [], 0
+    for g in groups:
+        if cur and edits + sizes[g] > cap:
+            out.append(cur)
+            cur, edits = [], 0
+        cur.append(g)
+        edits += sizes[g]
+    return out + ([cur] if cur else [])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plan_batches_is_the_cheapest_cut_at_tail_boundaries(seed):
+    """Against brute force over every way to cut the tail-sorted groups between distinct tail
+    lengths (each run filled up to the cap in order), and against the plans one would write by hand."""
+    import itertools
+    import random
+
+    from core.targets import plan_batches
+
+    rng = random.Random(seed)
+    n, cap, prompts = rng.randint(5, 14), rng.choice([2, 3, 5, 64]), rng.choice([1, 6, 11])
+    tails = [rng.randint(2, 9) for _ in range(n)]
+    sizes = [rng.choice([1, 1, 1, 2, 4]) for _ in range(n)]
+    order = sorted(range(n), key=lambda g: (tails[g], g))
+    values = sorted(set(tails))
+    for step in (0.0, 50.0, 400.0, 1e6):
+        plan = plan_batches(tails, sizes, prompts, cap, step)
+        assert sorted(g for b in plan for g in b) == list(range(n))             # every group once
+        assert all(sum(sizes[g] for g in b) <= cap or len(b) == 1 for b in plan)
+        brute = min(
+            _batch_cost([p for run in runs for p in _fill(run, sizes, cap)], tails, sizes, prompts, step)
+            for cuts in itertools.product([False, True], repeat=len(values) - 1)
+            for runs in [[[g for g in order if lo <= tails[g] <= hi] for lo, hi in zip(
+                [values[0]] + [v for v, c in zip(values[1:], cuts) if c],
+                [v for v, c in zip(values[:-1], cuts) if c] + [values[-1]])]])
+        cost = _batch_cost(plan, tails, sizes, prompts, step)
+        assert cost == pytest.approx(brute)
+        assert cost <= _batch_cost(_fill(order, sizes, cap), tails, sizes, prompts, step) + 1e-9
+        assert cost <= _batch_cost([[g] for g in order], tails, sizes, prompts, step) + 1e-9
+    free = plan_batches(tails, sizes, prompts, cap, 0.0)                        # no fixed cost:
+    assert all(len({tails[g] for g in b}) == 1 for b in free)                    # no padding at all
+    assert len(plan_batches([3] * 10, [1] * 10, 6, 4, 1e6)) == 3                # fixed cost: fewest
+
+
+def test_batches_are_planned_by_the_cost_model(monkeypatch):
+    """compute_targets batches as plan_batches says, with the step cost scaled to the model and
+    device (cheap steps on a wide CPU model, ×1000 on a GPU); batch_size 0 is one batch."""
+    import core.targets as targets
+    from core.tracing_cache import overhead_scale
+
+    calls = []
+    monkeypatch.setattr(targets, "plan_batches", lambda *a: calls.append(a) or [[g] for g in range(len(a[0]))])
+    monkeypatch.setattr(targets, "_optimise", lambda hd, reqs, *a, **k: {
+        "z": torch.zeros(len(reqs), hd.d_model), "h": torch.zeros(len(reqs), hd.d_model),
+        "loss": [0.0] * len(reqs), "nll": [0.0] * len(reqs), "kl": [0.0] * len(reqs),
+        "steps": [0] * len(reqs), "tokens": 0, "forwards": 1})
+    h = make_tiny_handle("gpt2")
+    hp = small_hparams("unused", v_steps=2)
+    res = compute_targets(h, REQUESTS, 1, ["{}", "A. {}"], hp, batch_size=3)
+    tails, sizes, prompts, cap, step = calls[0]
+    assert tails == [targets.tail_tokens(h.tokenizer, r) for r in REQUESTS] and sizes == [1] * len(REQUESTS)
+    assert (prompts, cap) == (2, 3)
+    assert step == pytest.approx(targets.STEP_COST * overhead_scale(h.d_model, h.d_mlp, "cpu"))
+    assert res.forwards == len(REQUESTS)                                         # one call per planned batch
+    calls.clear()
+    assert compute_targets(h, REQUESTS, 1, ["{}"], hp, batch_size=0).forwards == 1 and not calls
