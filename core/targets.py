@@ -181,6 +181,19 @@ def tail_tokens(tokenizer, req: EditRequest) -> int:
 STEP_COST = 330.0
 
 
+def fill_in_order(groups: list[int], sizes: list[int], cap: int) -> list[list[int]]:
+    """`groups` in order into batches of at most `cap` edits (sizes[g] edits each; a group larger
+    than `cap` is a batch alone)."""
+    out, cur, edits = [], [], 0
+    for g in groups:
+        if cur and edits + sizes[g] > cap:
+            out.append(cur)
+            cur, edits = [], 0
+        cur.append(g)
+        edits += sizes[g]
+    return out + ([cur] if cur else [])
+
+
 def plan_batches(tails: list[int], sizes: list[int], prompts: int, cap: int, step_cost: float) -> list[list[int]]:
     """Key groups → batches of at most `cap` edits (a group larger than `cap` is one batch alone).
 
@@ -195,16 +208,6 @@ def plan_batches(tails: list[int], sizes: list[int], prompts: int, cap: int, ste
     order = sorted(range(len(tails)), key=lambda g: (tails[g], g))
     values = sorted(set(tails))
 
-    def pieces(run: list[int]) -> list[list[int]]:
-        out, cur, edits = [], [], 0
-        for g in run:
-            if cur and edits + sizes[g] > cap:
-                out.append(cur)
-                cur, edits = [], 0
-            cur.append(g)
-            edits += sizes[g]
-        return out + ([cur] if cur else [])
-
     def cost(batches: list[list[int]]) -> float:
         return sum(step_cost + sum(sizes[g] * prompts + 1 for g in b) * (max(tails[g] for g in b) + 1)
                    for b in batches)
@@ -214,7 +217,7 @@ def plan_batches(tails: list[int], sizes: list[int], prompts: int, cap: int, ste
     for k in range(1, len(values) + 1):
         options = []
         for j in range(k):
-            run = pieces([g for v in values[j:k] for g in by_value[v]])
+            run = fill_in_order([g for v in values[j:k] for g in by_value[v]], sizes, cap)
             options.append((best[j][0] + cost(run), best[j][1] + run))
         best.append(min(options, key=lambda o: o[0]))
     return best[-1][1]

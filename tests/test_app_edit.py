@@ -39,6 +39,7 @@ def type_rows(at: AppTest, rows: list[dict]) -> None:
 def fast_hparams(at: AppTest) -> None:
     at.number_input(key="hp_n_samples").set_value(300)
     at.number_input(key="hp_v_steps").set_value(5)
+    at.number_input(key="hp_n_context").set_value(2)
 
 
 def test_edit_three_rows_then_metrics_and_delta_norm_chart_then_undo(app_model):
@@ -58,6 +59,7 @@ def test_edit_three_rows_then_metrics_and_delta_norm_chart_then_undo(app_model):
     s = at.session_state[STATE_KEY]
     run = s.last_run
     assert run is not None and len(run.requests) == 3
+    assert (run.result.hparams["v_steps"], run.result.hparams["n_context"]) == (5, 2)   # the page's values
     changed = [i for i in before if not torch.equal(before[i], handle.mlp_out_weight(i))]
     assert changed == sorted(run.result.layers)
     # a browser reload is a new session: the table draft and the history are still there

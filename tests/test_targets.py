@@ -156,17 +156,6 @@ def _batch_cost(plan, tails, sizes, prompts, step):
     return sum(step + sum(sizes[g] * prompts + 1 for g in b) * (max(tails[g] for g in b) + 1) for b in plan)
 
 
-def _fill(groups, sizes, cap):
-    out, cur, edits = [], [], 0
-    for g in groups:
-        if cur and edits + sizes[g] > cap:
-            out.append(cur)
-            cur, edits = [], 0
-        cur.append(g)
-        edits += sizes[g]
-    return out + ([cur] if cur else [])
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_plan_batches_is_the_cheapest_cut_at_tail_boundaries(seed):
     """Against brute force over every way to cut the tail-sorted groups between distinct tail
@@ -174,8 +163,9 @@ def test_plan_batches_is_the_cheapest_cut_at_tail_boundaries(seed):
     import itertools
     import random
 
-    from core.targets import plan_batches
+    from core.targets import fill_in_order as _fill, plan_batches
 
+    assert _fill([1, 0, 2, 3], [1, 3, 1, 1], 2) == [[1], [0, 2], [3]]        # a group over the cap: alone
     rng = random.Random(seed)
     n, cap, prompts = rng.randint(5, 14), rng.choice([2, 3, 5, 64]), rng.choice([1, 6, 11])
     tails = [rng.randint(2, 9) for _ in range(n)]

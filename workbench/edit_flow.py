@@ -228,5 +228,8 @@ def hparam_fields(method: str) -> list[tuple[str, str, str]]:
          "('… is a') close to before."),
         ("n_samples", "Corpus samples for C", "Text records used to estimate the key covariance "
          "E[kkᵀ] (cached on disk after the first run)."),
+        ("n_context", "Context prefixes for zᵢ", "Short texts the model writes itself, put before "
+         "each prompt while zᵢ is optimised (Eq. 16), so the new fact holds after other text too. "
+         "More prefixes generalise better to paraphrases and take longer."),
     ]
     return [f for f in fields if not (method == "rome" and f[0] == "mom2_weight")]
