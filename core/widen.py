@@ -58,12 +58,15 @@ def _grow_mlp(block: torch.nn.Module, spec, extra: int, g: torch.Generator | Non
         if g is None:
             G = mod.weight.new_zeros(extra, mod.weight.shape[1 - in_axis])
         else:
-            scale = mod.weight.float().std(dim=1 - in_axis).mean()        # mean per-unit std
+            # drawn on the CPU (`g` is a CPU generator; same units on every device), statistics
+            # as Python numbers so that a model on a GPU mixes no devices
+            scale = float(mod.weight.float().std(dim=1 - in_axis).mean())     # mean per-unit std
             G = torch.randn(extra, mod.weight.shape[1 - in_axis], generator=g) * scale   # (extra, d)
         _append_units(mod, G if in_axis == 0 else G.T, in_axis)
         if getattr(mod, "bias", None) is not None:
             b = mod.bias.float()
-            new_b = mod.bias.new_zeros(extra) if g is None else torch.randn(extra, generator=g) * b.std() + b.mean()
+            new_b = mod.bias.new_zeros(extra) if g is None else \
+                torch.randn(extra, generator=g) * float(b.std()) + float(b.mean())
             mod.bias = torch.nn.Parameter(torch.cat([mod.bias, new_b.to(mod.bias)]), requires_grad=False)
     down = get_path(block, spec.mlp_out)
     zeros = down.weight.new_zeros(extra, down.weight.shape[1 - out_axis])      # (extra, d)
