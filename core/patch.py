@@ -183,16 +183,18 @@ def apply_patch(handle, path: str | Path, *, force: bool = False, ledger=None) -
     return PatchApplyReport(str(path), match, layers, len(steps), int(m.get("n_edits", 0)), recorded)
 
 
-def save_edited_model(handle, out_dir: str | Path, note: dict | None = None) -> Path:
-    """`save_pretrained` the live (edited) model and its tokenizer; reloads in plain transformers
-    (MLPs widened at load are saved at one width, `core.widen.save_uniform`)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def save_edited_model(handle, out_dir: str | Path, note: dict | None = None, *,
+                      manifest: str = "workbench_edit.json") -> Path:
+    """`save_pretrained` the live (edited) model and its tokenizer, plus `manifest` (JSON: base model,
+    its hash and `note`); reloads in plain transformers (MLPs widened at load are saved at one
+    width, `core.widen.save_uniform`)."""
     from core.widen import save_uniform
 
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     with handle.lock:
         save_uniform(handle, out)
         handle.tokenizer.save_pretrained(out)
     info = {"saved_by": "memit-workbench", "base_model": handle.name, "base_hash": handle.base_hash, **(note or {})}
-    (out / "workbench_edit.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / manifest).write_text(json.dumps(info, indent=2) + "\n")
     return out

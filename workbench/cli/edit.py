@@ -216,16 +216,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
               f"(‖ΔW‖/‖W‖ = {result.relative_norms[layer]:.3g})"
               + (f"  stored {100 * stored:.0f} % of its share (median edit)" if stored is not None else ""))
     if args.out:
-        from core.widen import save_uniform
+        from core.patch import save_edited_model
 
-        out = Path(args.out)
-        with handle.lock:
-            save_uniform(handle, out)
-            handle.tokenizer.save_pretrained(out)
-        (out / "memit_edits.json").write_text(json.dumps(
-            {"base_model": handle.name, "base_hash": handle.base_hash, "method": result.method,
-             "layers": result.layers, "hparams": result.hparams,
-             "requests": [r.to_dict() for r in result.requests]}, indent=1) + "\n")
+        out = save_edited_model(handle, args.out, manifest="memit_edits.json", note={
+            "method": result.method, "layers": result.layers, "hparams": result.hparams,
+            "requests": [r.to_dict() for r in result.requests]})
         print(f"saved the edited model to {out}")
     if ledger is not None:
         from workbench.cli.session import record_cli_edit
