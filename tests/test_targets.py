@@ -163,7 +163,7 @@ def test_plan_batches_is_the_cheapest_cut_at_tail_boundaries(seed):
     import itertools
     import random
 
-    from core.targets import fill_in_order as _fill, plan_batches
+    from core.target_batches import fill_in_order as _fill, plan_batches
 
     assert _fill([1, 0, 2, 3], [1, 3, 1, 1], 2) == [[1], [0, 2], [3]]        # a group over the cap: alone
     rng = random.Random(seed)
@@ -195,6 +195,7 @@ def test_batches_are_planned_by_the_cost_model(monkeypatch):
     """compute_targets batches as plan_batches says, with the step cost scaled to the model and
     device (cheap steps on a wide CPU model, ×1000 on a GPU); batch_size 0 is one batch."""
     import core.targets as targets
+    from core.target_batches import STEP_COST
     from core.tracing_cache import overhead_scale
 
     calls = []
@@ -209,7 +210,7 @@ def test_batches_are_planned_by_the_cost_model(monkeypatch):
     tails, sizes, prompts, cap, step = calls[0]
     assert tails == [targets.tail_tokens(h.tokenizer, r) for r in REQUESTS] and sizes == [1] * len(REQUESTS)
     assert (prompts, cap) == (2, 3)
-    assert step == pytest.approx(targets.STEP_COST * overhead_scale(h.d_model, h.d_mlp, "cpu"))
+    assert step == pytest.approx(STEP_COST * overhead_scale(h.d_model, h.d_mlp, "cpu"))
     assert res.forwards == len(REQUESTS)                                         # one call per planned batch
     calls.clear()
     assert compute_targets(h, REQUESTS, 1, ["{}"], hp, batch_size=0).forwards == 1 and not calls
