@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,7 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def subject_finder(subjects) -> "callable":
+def subject_finder(subjects) -> Callable[[str], set[str]]:
     """A function prompt -> the set of these subjects the prompt names.
 
     A subject counts only as a whole name: not inside a longer word ("Orla" is not named by
@@ -100,8 +101,6 @@ def outside_neighbours(requests: list[EditRequest]) -> list[set[int]]:
     edits at all (under any relation). In a large batch over a small world many neighbours are
     themselves edited under another relation; NS over the prompts outside the batch isolates the
     leak of the edits onto subjects nobody edited (the paper's reading of Eq. 26)."""
-    if not requests:
-        return []
     named = subject_finder(r.subject for r in requests)
     return [{j for j, p in enumerate(r.neighborhood_prompts) if not named(p)} for r in requests]
 

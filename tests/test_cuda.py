@@ -16,23 +16,15 @@ import torch
 import core.editing as editing
 from core.covariance import collect_second_moments
 from core.memit import execute_memit
-from core.model import wrap_model
 from core.tracing import KINDS, TraceSettings, prepare_trace, run_grid
 from core.tracing_severed import run_severed
 from tests.memit_helpers import REQUESTS, assert_unchanged, small_hparams, snapshot, write_corpus
-from tests.tiny import BOS_FAMILIES, TRAIN_TEXT, make_hf_model, make_tokenizer
+from tests.tiny import TRAIN_TEXT, make_tiny_handle
 from tests.trace_helpers import STRONG, SUBJECT, sharpen
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 PROMPT = "The trumpet of Miles Davis is"
-
-
-def tiny_on(device: str, family: str = "gpt2", n_layer: int = 3):
-    """The same tiny random model (same seed) on `device`."""
-    tok = make_tokenizer(bos=family in BOS_FAMILIES)
-    model = make_hf_model(family, len(tok), n_layer=n_layer).to(device)
-    return wrap_model(model, tok, name=f"tiny-{family}-{device}")
 
 
 @pytest.fixture
@@ -42,7 +34,7 @@ def corpus(tmp_path):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_trace_grid_and_severed_on_cuda_equal_cpu(family):
-    cpu, gpu = sharpen(tiny_on("cpu", family)), sharpen(tiny_on("cuda", family))
+    cpu, gpu = sharpen(make_tiny_handle(family, device="cpu")), sharpen(make_tiny_handle(family, device="cuda"))
     assert gpu.device.type == "cuda"
     p_cpu = prepare_trace(cpu, PROMPT, SUBJECT, settings=STRONG)
     p_gpu = prepare_trace(gpu, PROMPT, SUBJECT, settings=STRONG)
@@ -62,7 +54,7 @@ def test_trace_grid_and_severed_on_cuda_equal_cpu(family):
 
 
 def test_second_moments_on_cuda_equal_cpu():
-    cpu, gpu = tiny_on("cpu"), tiny_on("cuda")
+    cpu, gpu = make_tiny_handle(device="cpu"), make_tiny_handle(device="cuda")
     ref, n_ref = collect_second_moments(cpu, TRAIN_TEXT, [0, 2], dtype=torch.float64, batch_size=3)
     got, n = collect_second_moments(gpu, TRAIN_TEXT, [0, 2], dtype=torch.float64, batch_size=3)
     assert n == n_ref
@@ -72,7 +64,7 @@ def test_second_moments_on_cuda_equal_cpu():
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])                   # Conv1D and Linear W_out
 def test_memit_update_on_cuda_equals_cpu(family, corpus, tmp_path):
-    cpu, gpu = tiny_on("cpu", family), tiny_on("cuda", family)
+    cpu, gpu = make_tiny_handle(family, device="cpu"), make_tiny_handle(family, device="cuda")
     hp = small_hparams(corpus)
     r_cpu = execute_memit(cpu, REQUESTS, hp, cov_cache_dir=tmp_path / "cpu")
     r_gpu = execute_memit(gpu, REQUESTS, hp, cov_cache_dir=tmp_path / "gpu")
@@ -83,7 +75,7 @@ def test_memit_update_on_cuda_equals_cpu(family, corpus, tmp_path):
 
 
 def test_apply_and_revert_on_cuda_are_bit_exact_and_atomic(corpus, tmp_path, monkeypatch):
-    gpu = tiny_on("cuda")
+    gpu = make_tiny_handle(device="cuda")
     snap = snapshot(gpu)
     applied = editing.edit(gpu, REQUESTS, hparams=small_hparams(corpus), cov_cache_dir=tmp_path)
     assert any(not torch.equal(gpu.hf.state_dict()[k], v) for k, v in snap.items())

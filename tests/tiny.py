@@ -70,11 +70,11 @@ def make_hf_model(family: str, vocab_size: int, n_layer: int = 3, d: int = 32, s
     return model.eval()
 
 
-def make_tiny_handle(family: str = "gpt2", n_layer: int = 3, d: int = 32, seed: int = 0):
+def make_tiny_handle(family: str = "gpt2", n_layer: int = 3, d: int = 32, seed: int = 0, device: str = "cpu"):
     from core.model import wrap_model
 
     tok = make_tokenizer(bos=family in BOS_FAMILIES)
-    model = make_hf_model(family, len(tok), n_layer=n_layer, d=d, seed=seed)
+    model = make_hf_model(family, len(tok), n_layer=n_layer, d=d, seed=seed).to(device)
     return wrap_model(model, tok, name=f"tiny-{family}")
 
 

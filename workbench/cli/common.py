@@ -70,7 +70,7 @@ def load_from_args(args):
 
     return load_model(args.model, device=args.device, dtype=args.dtype,
                       trust_remote_code=args.trust_remote_code,
-                      key_room=not getattr(args, "no_key_room", False))
+                      key_room=not args.no_key_room)
 
 
 def _clean(obj):
