@@ -87,11 +87,13 @@ def test_trace_avg_bad_facts_file(model_dir, tmp_path, capsys):
 
 def test_bench_trace_reports_both_paths(model_dir):
     from workbench.benchmarks import trace as bench
+    from workbench.cli.common import add_model_args
 
     p = argparse.ArgumentParser()
+    add_model_args(p)
     bench.add_args(p)
-    args = p.parse_args(["--prompt", PROMPT, "--subject", "Miles Davis", "--samples", "2"])
-    args.model, args.device, args.dtype, args.trust_remote_code = model_dir, "cpu", None, False
+    args = p.parse_args(["--model", str(model_dir), "--device", "cpu", "--prompt", PROMPT,
+                         "--subject", "Miles Davis", "--samples", "2"])
     r = bench.run(args)
     assert r["max_abs_diff"] < 1e-6
     assert r["ratio"] == pytest.approx(r["loop_s"] / r["batched_s"])
