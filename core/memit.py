@@ -34,6 +34,8 @@ class EditResult:
     steps, h_norm, delta_norm, stored). residual_norms: mean ‖zᵢ − hᵢᴸ‖ before each layer's update.
     stored_fraction: per layer, the median over edits of the share of that layer's residual its
     ΔW writes on the edit's own key (`stored_fraction`); per_edit["stored"] is its mean over R.
+    output_change: per layer, how much ΔW changes the layer's output on ordinary text relative to
+    the output itself (`output_change`; methods with key statistics C only).
     """
 
     method: str
@@ -48,6 +50,7 @@ class EditResult:
     residual_norms: dict[int, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     stored_fraction: dict[int, float] = field(default_factory=dict)
+    output_change: dict[int, float] = field(default_factory=dict)
 
 
 # ---- Eq. 14 -------------------------------------------------------------------------------------
@@ -90,6 +93,23 @@ def stored_fraction(K: torch.Tensor, R: torch.Tensor, delta: torch.Tensor) -> to
     R = R.double()
     got = K.double() @ delta.double().T                     # (n, d) Δkᵢ
     return (got * R).sum(dim=1) / (R * R).sum(dim=1).clamp_min(1e-30)
+
+
+def output_change(delta: torch.Tensor, weight: torch.Tensor, C: torch.Tensor, layout: str) -> float:
+    """RMS change of the layer's output over the keys C describes, relative to its RMS output:
+    √(E‖Δk‖² / E‖Wk‖²) = √(tr(Δ C Δᵀ) / tr(W C Wᵀ)), with E[kkᵀ] = C (Eq. 15).
+
+    delta, weight: ΔW and W_out in the stored layout; C: (d_mlp, d_mlp). This is what the first
+    term of Eq. 9 penalises, so it measures damage to old associations where ‖ΔW‖/‖W‖ does not:
+    a ΔW that is large only in key directions the corpus never activates (C nearly singular there)
+    has a large norm but changes little.
+    """
+    D = to_layout(delta.detach().double().cpu(), layout)                   # (d, d_mlp)
+    W = to_layout(weight.detach().double().cpu(), layout)                  # (d, d_mlp)
+    Cd = C.detach().double().cpu()
+    num = ((D @ Cd) * D).sum()                                              # tr(Δ C Δᵀ)
+    den = ((W @ Cd) * W).sum()                                              # tr(W C Wᵀ)
+    return float((num.clamp_min(0) / den.clamp_min(1e-30)).sqrt())
 
 
 def to_layout(delta: torch.Tensor, layout: str) -> torch.Tensor:
@@ -224,6 +244,8 @@ def execute_memit(handle, requests: list[EditRequest], hparams: MemitHparams | N
 
     delta_norms = {l: float(d.norm()) for l, d in deltas.items()}
     relative = {l: delta_norms[l] / max(float(handle.mlp_out_weight(l).float().norm()), 1e-12) for l in layers}
+    changes = {l: output_change(deltas[l], handle.mlp_out_weight(l), stats[l].C, handle.spec.layout)
+               for l in layers}
     per_edit = pd.DataFrame({
         "case_id": [r.case_id for r in reqs], "subject": [r.subject for r in reqs],
         "prompt": [r.prompt for r in reqs], "target_new": [r.target_new for r in reqs],
@@ -237,4 +259,5 @@ def execute_memit(handle, requests: list[EditRequest], hparams: MemitHparams | N
     return EditResult(method="memit", layers=layers, deltas=deltas, delta_norms=delta_norms,
                       relative_norms=relative, per_edit=per_edit, timings=timings, hparams=hp_dict,
                       requests=reqs, residual_norms=residual_norms, notes=notes,
-                      stored_fraction={l: float(shares[l].median()) for l in layers})
+                      stored_fraction={l: float(shares[l].median()) for l in layers},
+                      output_change=changes)

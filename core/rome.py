@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from core.hparams import MemitHparams, preset_for
-from core.memit import EditResult, keys_and_hidden, prepare_context_and_stats, to_layout
+from core.memit import EditResult, keys_and_hidden, output_change, prepare_context_and_stats, to_layout
 from core.requests import EditRequest, validate_requests
 from core.targets import compute_targets
 
@@ -106,4 +106,5 @@ def execute_rome(handle, requests: list[EditRequest], hparams: MemitHparams | No
     return EditResult(method="rome", layers=[layer], deltas={layer: d}, delta_norms={layer: norm},
                       relative_norms={layer: norm / max(float(original.float().norm()), 1e-12)},
                       per_edit=pd.DataFrame(rows), timings=timings, hparams=hp_dict, requests=reqs,
-                      notes=notes)
+                      notes=notes,
+                      output_change={layer: output_change(d, original, C, handle.spec.layout)})

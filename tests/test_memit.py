@@ -94,6 +94,11 @@ def test_execute_memit_leaves_weights_bit_exact_and_is_deterministic(tiny_handle
     assert all(r1.relative_norms[k] > 0 for k in r1.layers)
     assert set(r1.stored_fraction) == set(r1.layers)
     assert all(0 < f < 1 for f in r1.stored_fraction.values())                  # λ C holds some back
+    stats = memit.key_statistics(tiny_handle, hp, r1.layers)                     # cached: same C
+    for k in r1.layers:                  # RMS output change on the corpus keys, from the same ΔW
+        want = memit.output_change(r1.deltas[k], tiny_handle.mlp_out_weight(k), stats[k].C,
+                                   tiny_handle.spec.layout)
+        assert r1.output_change[k] == pytest.approx(want) and r1.output_change[k] > 0
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])

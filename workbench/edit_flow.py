@@ -108,14 +108,47 @@ def run_edit(handle, requests: list[EditRequest], method: str, hparams, ledger, 
                      model_key=key, seconds=time.perf_counter() - t0)
 
 
-def size_warning(result, limit: float = 1.0) -> str | None:
-    """A warning when some layer changed by more than `limit` × its own norm (‖ΔW‖/‖W‖)."""
+OUTPUT_CHANGE_LIMIT = 0.2   # RMS change of a layer's output on ordinary text, relative
+
+
+def size_warning(result, limit: float = 1.0, output_limit: float = OUTPUT_CHANGE_LIMIT) -> str | None:
+    """A warning when the edit is large enough to damage other knowledge.
+
+    With key statistics (MEMIT, ROME) the measure is `output_change`: how much a layer's output on
+    the corpus changes, relative to itself (> `output_limit`); without them (FT-W) ‖ΔW‖/‖W‖ >
+    `limit`.
+    """
+    changes = getattr(result, "output_change", None) or {}
+    if changes:
+        layer, worst = max(changes.items(), key=lambda kv: kv[1])
+        if worst <= output_limit:
+            return None
+        return (f"Layer {layer}'s output on ordinary text changes by {100 * worst:.0f} % (RMS over "
+                "the corpus keys C): an edit this large usually damages other knowledge. Try other "
+                "layers R (the Causal trace page suggests them) or a larger λ.")
     worst = max(result.relative_norms.values(), default=0.0)
     if worst <= limit:
         return None
     return (f"One layer changed by {100 * worst:.0f} % of its own norm: an edit this large usually "
             "damages other knowledge. Try other layers R (the Causal trace page suggests them) "
             "or a larger λ.")
+
+
+def size_note(result, limit: float = 1.0, output_limit: float = OUTPUT_CHANGE_LIMIT) -> str | None:
+    """Why a large ‖ΔW‖/‖W‖ can be harmless: the layer whose ‖ΔW‖ exceeds `limit` × ‖W‖ while its
+    output on the corpus changes little (the update sits in key directions the corpus hardly
+    activates, where C is nearly singular and Eq. 14 charges almost nothing)."""
+    changes = getattr(result, "output_change", None) or {}
+    big = [(l, r) for l, r in result.relative_norms.items()
+           if r > limit and l in changes and changes[l] <= output_limit]
+    if not big:
+        return None
+    layer, rel = max(big, key=lambda kv: kv[1])
+    return (f"‖ΔW‖ of layer {layer} is {rel:.3g} × ‖W‖, yet its output on ordinary text changes by "
+            f"only {100 * changes[layer]:.1f} %: most of the update lies in key directions the "
+            "corpus hardly activates (there C is nearly zero, so Eq. 14 charges almost nothing for "
+            "it). Text that does activate them would change more; another R or more covariance "
+            "samples avoid that.")
 
 
 CAPACITY_HELP = (

@@ -1,6 +1,6 @@
 """Charts of an edit: EditResult / metric dicts → plotly figures (pure functions, no Streamlit).
 
-    delta_norm_chart(result)      ‖ΔW‖ per edited layer, absolute and relative to ‖W‖
+    delta_norm_chart(result)      ‖ΔW‖ per edited layer, absolute, relative to ‖W‖, output change
     per_edit_chart(result)        final z loss and ‖δ‖/‖h‖ per edit
     contribution_chart(result)    ‖δᵢ‖ per edit, largest first: which facts moved the model most
     metrics_chart(pre, post)      ES / PS / NS / S before and after (percent)
@@ -19,23 +19,30 @@ BEFORE, AFTER = "#9aa5b1", "#1f77b4"
 
 
 def delta_norm_chart(result, title: str | None = None) -> go.Figure:
-    """Two panels over the edited layers: ‖ΔW‖_F and ‖ΔW‖_F / ‖W‖_F."""
+    """Panels over the edited layers: ‖ΔW‖_F, ‖ΔW‖_F / ‖W‖_F and, for methods with key statistics,
+    the output change on the corpus (`core.memit.output_change`, percent)."""
     layers = list(result.layers)
     x = layers
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("‖ΔW‖ (Frobenius)", "‖ΔW‖ / ‖W‖"),
-                        horizontal_spacing=0.12)
+    changes = getattr(result, "output_change", None) or {}
+    panels = ["‖ΔW‖ (Frobenius)", "‖ΔW‖ / ‖W‖"] + (["output change on the corpus (%)"] if changes else [])
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.1)
     fig.add_trace(go.Bar(x=x, y=[result.delta_norms[l] for l in layers], marker_color=AFTER,
                          name="‖ΔW‖", hovertemplate="layer %{x}<br>‖ΔW‖ = %{y:.4g}<extra></extra>"),
                   row=1, col=1)
     fig.add_trace(go.Bar(x=x, y=[result.relative_norms[l] for l in layers], marker_color="#ff7f0e",
                          name="‖ΔW‖/‖W‖", hovertemplate="layer %{x}<br>relative = %{y:.3g}<extra></extra>"),
                   row=1, col=2)
-    for col in (1, 2):
+    if changes:
+        fig.add_trace(go.Bar(x=x, y=[100 * changes.get(l, float("nan")) for l in layers],
+                             marker_color="#2ca02c", name="output change",
+                             hovertemplate="layer %{x}<br>RMS change of the layer's output on the "
+                             "corpus = %{y:.2f} %<extra></extra>"), row=1, col=3)
+    for col in range(1, len(panels) + 1):
         fig.update_xaxes(title_text="layer (W_out of the MLP)", tickmode="array", tickvals=layers,
                          row=1, col=col)
-    fig.update_layout(title=title or f"Weight change norm per layer ({result.method.upper()}, "
+    fig.update_layout(title=title or f"Weight change per layer ({result.method.upper()}, "
                       f"{len(result.requests)} edits)", showlegend=False, template="plotly_white",
-                      height=340, width=760)
+                      height=340, width=380 * len(panels))
     return fig
 
 
