@@ -13,6 +13,7 @@ picture of FT-W: efficacy bought with specificity.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -43,7 +44,8 @@ class FtHparams:
     batch_size: int = 64
 
     def __post_init__(self):
-        for name, ok in [("lr", self.lr > 0), ("weight_decay", self.weight_decay >= 0),
+        for name, ok in [("lr", math.isfinite(self.lr) and self.lr > 0),
+                         ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0),
                          ("steps", self.steps >= 1), ("loss_tol", self.loss_tol >= 0),
                          ("batch_size", self.batch_size >= 1)]:
             if not ok:

@@ -11,6 +11,7 @@ the model's key statistics: small models need a much smaller λ (see the demo pr
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -63,15 +64,41 @@ class MemitHparams:
     seed: int = 0
 
     def __post_init__(self):
+        self._check_types()
         self.layers = sorted({int(x) for x in self.layers})
         self.validate()
+
+    def _check_types(self) -> None:
+        """Raise BadInputError naming the first field of the wrong JSON type (e.g. "layers": "abc")."""
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not isinstance(self.layers, (list, tuple, range)) or not all(is_int(x) for x in self.layers):
+            raise BadInputError(f"expected a list of layer numbers like [3, 4, 5], got {self.layers!r}",
+                                field="layers")
+        for name in _FLOAT_FIELDS:
+            v = getattr(self, name)
+            if not (is_int(v) or isinstance(v, float)) or not math.isfinite(v):
+                raise BadInputError(f"expected a finite number, got {v!r}", field=name)
+        for name in _INT_FIELDS:
+            if not is_int(getattr(self, name)):
+                raise BadInputError(f"expected a whole number, got {getattr(self, name)!r}", field=name)
+        for name in ("corpus", "stats_dtype"):
+            if not isinstance(getattr(self, name), str):
+                raise BadInputError(f"expected text, got {getattr(self, name)!r}", field=name)
+        t = self.context_templates
+        if t is not None and (not isinstance(t, (list, tuple)) or not all(isinstance(x, str) for x in t)):
+            raise BadInputError(f"expected a list of texts or null, got {t!r}", field="context_templates")
 
     def validate(self) -> None:
         """Raise BadInputError naming the first bad field."""
         if not self.layers:
             raise BadInputError("at least one layer is needed", field="layers")
+        if not self.mom2_weight > 0:    # λ = 0 leaves KKᵀ alone, singular for fewer edits than keys
+            raise BadInputError(f"invalid value {self.mom2_weight!r}: λ must be > 0 (Eq. 14 solves with "
+                                "λC + KKᵀ; λC is what keeps that system well posed)", field="mom2_weight")
         checks = [
-            ("mom2_weight", self.mom2_weight >= 0), ("v_steps", self.v_steps >= 1),
+            ("v_steps", self.v_steps >= 1),
             ("v_lr", self.v_lr > 0), ("clamp_norm_factor", self.clamp_norm_factor > 0),
             ("kl_factor", self.kl_factor >= 0), ("v_weight_decay", self.v_weight_decay >= 0),
             ("v_loss_tol", self.v_loss_tol >= 0), ("n_samples", self.n_samples >= 1),
@@ -96,6 +123,9 @@ class MemitHparams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MemitHparams":
+        if not isinstance(d, dict):
+            raise BadInputError(f"expected a JSON object of hyperparameters, got {type(d).__name__}",
+                                field="hparams")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -106,6 +136,11 @@ class MemitHparams:
         d = self.to_dict()
         d.update({k: v for k, v in changes.items() if v is not None})
         return MemitHparams.from_dict(d)
+
+
+_FLOAT_FIELDS = ("mom2_weight", "v_lr", "clamp_norm_factor", "kl_factor", "v_weight_decay", "v_loss_tol")
+_INT_FIELDS = ("v_steps", "n_samples", "stats_max_tokens", "stats_batch_size", "batch_size", "n_context",
+               "context_length", "seed")
 
 
 # ---- presets ------------------------------------------------------------------------------------
@@ -205,6 +240,8 @@ def from_reference_json(path_or_dict) -> MemitHparams:
     """Read a hparams file of the public MEMIT implementation (e.g. `EleutherAI_gpt-j-6B.json`)."""
     if isinstance(path_or_dict, dict):
         d = path_or_dict
+    elif not isinstance(path_or_dict, (str, Path)):
+        raise BadInputError(f"expected a JSON object, got {type(path_or_dict).__name__}", field="hparams")
     else:
         try:
             d = json.loads(Path(path_or_dict).read_text(encoding="utf-8"))

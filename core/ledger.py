@@ -49,17 +49,23 @@ __all__ = ["BatchRecord", "Ledger", "LedgerError", "ReplayReport", "RevertReport
 class Ledger:
     """The edit history of one workspace. Thread-safe; several processes may share a workspace."""
 
-    def __init__(self, workspace: str | os.PathLike | None = None):
-        self.root = workspace_dir(workspace)
+    def __init__(self, workspace: str | os.PathLike | None = None, *, create: bool = True):
+        """Open (create=True: create when missing) the ledger of a workspace folder."""
+        self.root = workspace_dir(workspace, create=create)
         self.db_path = self.root / "ledger.sqlite"
         self.batch_dir = self.root / "batches"
         self.base_dir = self.root / "base"
         self.batch_dir.mkdir(exist_ok=True)
         self.base_dir.mkdir(exist_ok=True)
         self._lock = threading.RLock()
-        with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(SCHEMA)
+        try:
+            with self._connect() as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"the ledger database {self.db_path} is damaged or not a ledger ({e}). To start "
+                              f"a new history, move the workspace folder {self.root} aside (its batch files "
+                              "belong to that database) or use another workspace") from None
         self.recovered = self._recover()
 
     # ---- storage plumbing -------------------------------------------------------------------

@@ -8,6 +8,7 @@ replayed session is bit-identical to the live one.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import uuid
 from pathlib import Path
@@ -71,11 +72,35 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
-    """Write bytes to `path` so that a crash leaves either the old state or the whole file."""
+    """Write bytes to `path` so that a crash leaves either the old state or the whole file.
+
+    The temporary file lies next to `path` (same folder, so the rename is atomic) and is removed
+    on any failure; a folder at `path` is refused before anything is written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a file")
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def json_safe(obj):
+    """A copy of `obj` that strict JSON can hold: NaN and ±inf become None (null), tuples lists,
+    numpy/torch scalars Python numbers. Readers of what it wrote treat null as "not measured"."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -215,6 +215,32 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str) -> str:
+    """`device` if this torch can use it ('cpu', 'cuda', 'cuda:1', 'mps'); else BadInputError('device')."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise BadInputError(f"'{device}' is not a device (cpu, cuda, cuda:N or mps)", field="device") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BadInputError(f"'{device}': CUDA is not available in this torch build or machine; use cpu",
+                                field="device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BadInputError(f"'{device}': there are only {torch.cuda.device_count()} CUDA device(s)",
+                                field="device")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise BadInputError(f"'{device}': MPS is not available on this machine; use cpu", field="device")
+    elif dev.type != "cpu":
+        raise BadInputError(f"'{device}' is not supported (cpu, cuda, cuda:N or mps)", field="device")
+    return device
+
+
+def _looks_like_path(name: str) -> bool:
+    """'./m', '../m', '/abs/m', '~/m', 'm/' — a folder, not a hub id ('org/name')."""
+    return name.startswith((".", "/", "~", "\\")) or name.endswith(("/", "\\")) or "\\" in name
+
+
 def _pick_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -247,12 +273,16 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name)
-    local = Path(path).is_dir()
+    local = Path(path).expanduser().is_dir()
     if name == DEMO_MODEL_NAME and not local:
         raise ModelLoadError(
             f"the demo model is missing at {path}; rebuild it with `workbench demo train`"
         )
-    device = device or default_device()
+    if not local and _looks_like_path(path):
+        what = "is a file, not a model folder" if Path(path).expanduser().exists() else "no such folder"
+        raise ModelLoadError(f"model '{name}': {what}")
+    path = str(Path(path).expanduser()) if local else path
+    device = check_device(device or default_device())
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as e:

@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from core.errors import BadInputError
-from core.ledger_io import add_delta, live_weights, read_layer_hashes, set_weights, write_atomic
+from core.ledger_io import add_delta, json_safe, live_weights, read_layer_hashes, set_weights, write_atomic
 
 PATCH_FORMAT = "memit-workbench-patch/1"
 MODES = ("per_batch", "sum")
@@ -107,15 +107,20 @@ def export_patch(ledger, batch_ids, out: str | Path, *, mode: str = "per_batch")
                         "hparams": rec.hparams, "covariance_key": _covariance_key(rec.hparams),
                         "seed": rec.hparams.get("seed"), "requests": rec.requests, "metrics": rec.metrics,
                         "status_at_export": rec.status})
-    manifest = {"format": PATCH_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "base_model": records[0].model_name, "base_hash": records[0].base_hash, "mode": mode,
-                "layers": sorted({x for r in records for x in r.layers}),
-                "n_edits": sum(r.n_edits for r in records), "batches": batches}
+    # Strict JSON (no bare NaN: scores a batch could not measure are null).
+    manifest = json_safe({"format": PATCH_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                          "base_model": records[0].model_name, "base_hash": records[0].base_hash, "mode": mode,
+                          "layers": sorted({x for r in records for x in r.layers}),
+                          "n_edits": sum(r.n_edits for r in records), "batches": batches})
     manifest["checksum"] = _checksum(manifest, tensors)
     out = Path(out)
+    for path in (out, out.with_name(out.name + ".json")):
+        if path.is_dir():
+            raise BadInputError(f"{path} is a folder; give the patch a file name", field="out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, st_save(tensors, metadata={"manifest": json.dumps(manifest)}))
-    write_atomic(out.with_name(out.name + ".json"), (json.dumps(manifest, indent=2) + "\n").encode())
+    write_atomic(out, st_save(tensors, metadata={"manifest": json.dumps(manifest, allow_nan=False)}))
+    write_atomic(out.with_name(out.name + ".json"),
+                 (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
     return out
 
 
@@ -191,10 +196,13 @@ def save_edited_model(handle, out_dir: str | Path, note: dict | None = None, *,
     from core.widen import save_uniform
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out} is a file, not a folder", field="out")
     out.mkdir(parents=True, exist_ok=True)
     with handle.lock:
         save_uniform(handle, out)
         handle.tokenizer.save_pretrained(out)
-    info = {"saved_by": "memit-workbench", "base_model": handle.name, "base_hash": handle.base_hash, **(note or {})}
-    (out / manifest).write_text(json.dumps(info, indent=2) + "\n")
+    info = json_safe({"saved_by": "memit-workbench", "base_model": handle.name, "base_hash": handle.base_hash,
+                      **(note or {})})
+    (out / manifest).write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
     return out

@@ -24,16 +24,16 @@ def _counterfact_request(rec: dict, n: int) -> tuple[EditRequest | None, list[Ro
     if not isinstance(rw, dict):
         return None, [RowProblem(n, "requested_rewrite", "missing")]
     strs = {}
-    for k in ("target_new", "target_true"):
+    for k in ("target_new", "target_true"):     # raw values: `_row_request` checks their type
         v = rw.get(k)
-        strs[k] = _text(v.get("str") if isinstance(v, dict) else v)
+        strs[k] = v.get("str") if isinstance(v, dict) else v
     neigh = rec.get("neighborhood_prompts") or []
     neigh_target = None
     if neigh and isinstance(neigh[0], dict):        # ROME's processed zsRE: {"prompt", "target"}
         neigh_target = "".join(x.get("target", "") for x in neigh).strip() or None
         neigh = [neigh[0].get("prompt", "")]
     row = {"subject": rw.get("subject"), "prompt": rw.get("prompt"), "target_new": strs["target_new"],
-           "target_true": strs["target_true"] if strs["target_true"] != "<|endoftext|>" else None,
+           "target_true": strs["target_true"] if _text(strs["target_true"]) != "<|endoftext|>" else None,
            "relation_id": rw.get("relation_id"), "paraphrase_prompts": rec.get("paraphrase_prompts"),
            "neighborhood_prompts": neigh, "generation_prompts": rec.get("generation_prompts"),
            "case_id": rec.get("case_id"), "neighborhood_target": neigh_target}
@@ -118,8 +118,15 @@ def read_requests(path_or_bytes, *, fmt: str | None = None, relations=None,
         if missing:
             raise RequestValidationError([RowProblem(0, "columns", "missing " + ", ".join(missing)
                                                      + f" (found: {', '.join(reader.fieldnames or [])})")])
-        rows = [{k: v for k, v in r.items() if k is not None} for r in reader]
+        rows, extra = [], []
+        for n, r in enumerate(reader, start=1):
+            if any(str(x).strip() for x in r.get(None) or ()):   # DictReader's key for fields past the header
+                extra.append(RowProblem(n, "row", f"{len(r[None])} field(s) more than the header's "
+                                        f"{len(reader.fieldnames)} columns ({', '.join(map(repr, r[None]))}); "
+                                        "put quotes around a value that contains a comma"))
+            rows.append({k: v for k, v in r.items() if k is not None})
         reqs, problems = requests_from_rows(rows, relations)
+        problems = extra + problems
     else:
         records = _parse_json(text)
         if fmt == "json":

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.errors import BadInputError
+from core.request_text import text_problems
 
 DEFAULT_MAX_BYTES = 20 * 2**20  # the app's upload limit (20 MB)
 FORMATS = ("csv", "json", "counterfact", "zsre")
@@ -175,7 +176,9 @@ def _text(v) -> str:
 
 def _row_request(row: dict, n: int, table: dict, tmpl_ids: dict) -> tuple[EditRequest | None, list[RowProblem]]:
     """One row (keys already mapped to field names) -> request or problems."""
-    probs = []
+    probs = [RowProblem(n, name, why) for name, why in text_problems(row)]
+    if probs:
+        return None, probs
     subject = _text(row.get("subject"))
     if not subject:
         probs.append(RowProblem(n, "subject", "empty"))
@@ -324,7 +327,9 @@ def validate_requests(requests: list[EditRequest], tokenizer=None, max_length: i
 
 
 def _structure_problems(req: EditRequest, n: int) -> list[RowProblem]:
-    probs = []
+    probs = [RowProblem(n, name, why) for name, why in text_problems(asdict(req))]
+    if probs:
+        return probs
     for name in ("prompt", "subject", "target_new"):
         if not str(getattr(req, name) or "").strip():
             probs.append(RowProblem(n, name, "empty"))

@@ -57,8 +57,13 @@ def test_load_from_local_folder_and_info(tmp_path):
 
 
 def test_unknown_model_path_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelLoadError, match="not a local folder"):
+    with pytest.raises(ModelLoadError, match="no such folder"):
         load_model(str(tmp_path / "nope"))
+    with pytest.raises(ModelLoadError, match=r"model '\./nonexistent_dir': no such folder"):
+        load_model("./nonexistent_dir")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ModelLoadError, match="is a file, not a model folder"):
+        load_model(str(tmp_path / "f"))
     with pytest.raises(ModelLoadError, match="could not be fetched"):
         load_model("someone/no-such-model-xyz")
 
@@ -73,6 +78,27 @@ def test_unsupported_architecture_lists_supported(tmp_path):
     assert "gpt2" in str(e.value)
     with pytest.raises(UnsupportedArchitectureError, match="gpt_neox, gptj, llama, mistral, qwen2"):
         spec_for("falcon")
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu9", "device: 'tpu9' is not a device"),
+    ("meta", "device: 'meta' is not supported"),
+    ("cuda:99", "device: 'cuda:99'"),
+])
+def test_bad_device_is_a_clear_error_before_anything_loads(tmp_path, device, message):
+    save_tiny_model(tmp_path / "m", "gpt2")
+    with pytest.raises(BadInputError) as e:
+        load_model(str(tmp_path / "m"), device=device)
+    assert str(e.value).startswith(message) and e.value.field == "device"
+
+
+def test_cuda_without_cuda_is_a_clear_error(tmp_path, monkeypatch):
+    from core.model import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BadInputError, match="device: 'cuda': CUDA is not available"):
+        check_device("cuda")
+    assert check_device("cpu") == "cpu"
 
 
 def test_bad_dtype_and_layers(tmp_path, tiny_handle):

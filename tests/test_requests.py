@@ -169,3 +169,58 @@ def test_dataset_loader_skips_bad_and_conflicting_records(tmp_path):
     assert [r.case_id for r in reqs] == [0, 3]
     assert [str(p) for p in skipped] == ["row 2, object: same subject and relation as row 1; skipped",
                                          "row 3, subject: empty"]
+
+
+# ---- values of the wrong type, stray fields, control characters: refused, never made into text ----
+
+@pytest.mark.parametrize("rows, expected", [
+    ([{"subject": "Greta", "prompt": "{} was born in", "target_new": ["Kelwick"]}],
+     ["row 1, object: expected text, got a list"]),
+    ([{"subject": {"name": "Greta"}, "prompt": "{} was born in", "target_new": "Kelwick"}],
+     ["row 1, subject: expected text, got an object"]),
+    ([{"subject": "Greta", "prompt": "{} was born in", "target_new": "Kelwick"},
+      {"subject": 123, "prompt": "{} was born in", "target_new": "Kelwick"}],
+     ["row 2, subject: expected text, got the number 123 (write it in quotes)"]),
+    ([{"subject": "Greta", "prompt": "{} was born in", "target_new": "Kelwick", "true_object": 7}],
+     ["row 1, true_object: expected text, got the number 7 (write it in quotes)"]),
+    ([{"subject": "Greta", "prompt": "{} was born in", "target_new": "Kel\u0000wick"}],
+     ["row 1, object: contains the control character U+0000; remove it"]),
+    ([{"subject": "Greta", "prompt": "{} was born in", "target_new": "Kelwick",
+       "paraphrase_prompts": ["Greta was born in", ["Greta"]]}],
+     ["row 1, paraphrase_prompts: item 2: expected text, got a list"]),
+])
+def test_json_values_of_the_wrong_type_are_refused_with_row_and_field(tmp_path, rows, expected):
+    (tmp_path / "e.json").write_text(json.dumps(rows))
+    with pytest.raises(RequestValidationError) as e:
+        read_requests(tmp_path / "e.json")
+    assert problems_of(e) == expected
+
+
+def test_csv_extra_fields_and_control_characters_are_refused(tmp_path):
+    f = tmp_path / "e.csv"
+    f.write_text("subject,relation,object\nGreta,{} was born in,Kelwick\nGreta Paul,{} lives in,Kelwick,extra\n")
+    with pytest.raises(RequestValidationError) as e:
+        read_requests(f)
+    assert problems_of(e) == ["row 2, row: 1 field(s) more than the header's 3 columns ('extra'); "
+                              "put quotes around a value that contains a comma"]
+    f.write_text("subject,relation,object\nGreta,{} was born in,Kelwick,\n")       # a trailing empty field
+    assert read_requests(f)[0].target_new == "Kelwick"
+    f.write_bytes(b"subject,relation,object\nGreta,{} was born in,Kelwick\x00\nAnna,{} lives in,\"Ost\nmont\"\n")
+    with pytest.raises(RequestValidationError) as e:
+        read_requests(f)
+    assert problems_of(e) == ["row 1, object: contains the control character U+0000; remove it",
+                              "row 2, object: contains the control character U+000A; remove it"]
+
+
+def test_counterfact_target_that_is_not_text_is_refused(tmp_path):
+    rec = {"case_id": 0, "requested_rewrite": {"prompt": "{} plays", "relation_id": "P1", "subject": "A",
+                                               "target_new": {"str": ["x"]}, "target_true": {"str": "t"}}}
+    (tmp_path / "cf.json").write_text(json.dumps([rec]))
+    with pytest.raises(RequestValidationError) as e:
+        read_requests(tmp_path / "cf.json")
+    assert problems_of(e) == ["row 1, object: expected text, got a list"]
+
+
+def test_validate_refuses_control_characters_in_requests_built_in_code():
+    rep = validate_requests([EditRequest("{} plays the", "Miles\tDavis", "chess")], make_tokenizer())
+    assert [str(p) for p in rep.problems] == ["row 1, subject: contains the control character U+0009; remove it"]

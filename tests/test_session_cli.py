@@ -87,3 +87,55 @@ def test_workbench_edit_records_into_the_workspace(tmp_path, capsys):
     assert rep.batch_ids == [1, 2] and rep.matches_recorded is True
     assert main(["edit", str(edits), *args, "--no-record"]) == 0
     assert len(Ledger(ws).batches()) == 2
+
+
+def test_session_bad_workspaces_and_outputs_exit_2_and_change_nothing(tmp_path, capsys):
+    from tests.tiny import make_tiny_handle
+
+    ws = tmp_path / "ws"
+    record_seeded(Ledger(ws), make_tiny_handle("gpt2"), [1], 0)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "ledger.sqlite").write_text("garbage")
+    (tmp_path / "outdir").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    nomodel = ["--model", "./nonexistent_dir"]          # each case fails before a model is needed
+    cases = [
+        (["session", "list", "--workspace", str(tmp_path / "typo")], f"workspace: no such folder: {tmp_path / 'typo'}"),
+        (["session", "undo", "--workspace", str(tmp_path / "typo")], "workspace: no such folder"),
+        (["session", "list", "--workspace", str(tmp_path / "afile")], "workspace: "),
+        (["session", "list", "--workspace", str(tmp_path / "damaged")],
+         f"the ledger database {tmp_path / 'damaged' / 'ledger.sqlite'} is damaged"),
+        (["session", "export", "1", "--out", str(tmp_path / "outdir"), "--workspace", str(ws)],
+         f"--out: {tmp_path / 'outdir'} is a folder; give a file name"),
+        (["session", "replay", "--save", str(tmp_path / "afile"), "--workspace", str(ws), *nomodel],
+         f"--save: {tmp_path / 'afile'} is a file, not a folder"),
+        (["session", "apply", str(tmp_path / "nope.safetensors"), "--workspace", str(ws), *nomodel],
+         "patch: no patch file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before       # no folder created, no temp file left
+    assert not any((tmp_path / "outdir").iterdir())
+    assert (tmp_path / "damaged" / "ledger.sqlite").read_text() == "garbage"
+    assert [b.id for b in Ledger(ws).batches()] == [1]
+    assert main(["session", "list", "--workspace", str(ws), "--json", "-"]) == 0
+    assert [b["id"] for b in json.loads(capsys.readouterr().out)["batches"]] == [1]
+
+
+def test_replay_and_apply_with_json_to_stdout_print_only_json(tmp_path, capsys):
+    model, ws = tmp_path / "model", str(tmp_path / "ws")
+    save_tiny_model(model)
+    record_seeded(Ledger(ws), load_model(str(model), device="cpu"), [1], 0)
+    common = ["--model", str(model), "--device", "cpu"]
+    assert main(["session", "replay", "--workspace", ws, *common, "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["batch_ids"] == [1] and "replayed batches [1]" in err
+    patch = str(tmp_path / "p.safetensors")
+    assert main(["session", "export", "1", "--out", patch, "--workspace", ws]) == 0
+    capsys.readouterr()
+    assert main(["session", "apply", patch, "--workspace", str(tmp_path / "ws2"), *common, "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["recorded_ids"] == [1] and "applied 1 batch(es)" in err

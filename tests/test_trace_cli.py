@@ -101,3 +101,21 @@ def test_bench_trace_reports_both_paths(model_dir):
     T, L = r["n_tokens"], r["n_layers"]
     assert r["block_evals_loop"] == 3 * T * L * 2 * T * L        # three kinds × cells × S rows × T × L
     assert 1 < r["work_ratio"] == pytest.approx(r["block_evals_loop"] / r["block_evals_batched"])
+
+
+def test_png_names_and_range_size_are_checked_before_tracing(model_dir, tmp_path, capsys):
+    from workbench.cli.trace import severed_png_path
+
+    base = ["trace", "--model", model_dir, "--prompt", PROMPT, "--subject", "Miles Davis", *FAST]
+    assert main([*base, "--png", str(tmp_path / "out.jpg")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --png: {tmp_path / 'out.jpg'}: the file name must end in .png")
+    (tmp_path / "t-severed.png").mkdir()                 # where the severed-path chart would go
+    assert main([*base, "--png", str(tmp_path / "t.png")]) == 2
+    assert "--png: " in capsys.readouterr().err and not (tmp_path / "t.png").exists()
+    assert severed_png_path("dir/trace.png").as_posix() == "dir/trace-severed.png"
+    with pytest.raises(SystemExit):
+        main(["trace", "--help"])
+    assert "trace.png -> trace-severed.png" in " ".join(capsys.readouterr().out.split())
+    for size, message in (("0", "range-size: must be at least 1"), ("99", "range-size: 99 layers, but")):
+        assert main(["trace-avg", "--model", model_dir, "--range-size", size, *FAST]) == 2
+        assert f"\nerror: {message}" in "\n" + capsys.readouterr().err

@@ -51,4 +51,7 @@ def app_command(port: int, address: str, max_upload_mb: int) -> list[str]:
 def cmd_app(args: argparse.Namespace) -> int:
     print(f"MEMIT Workbench on http://{args.address}:{args.port}  (Ctrl+C to stop)", flush=True)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    return subprocess.call(app_command(args.port, args.address, args.max_upload_mb), env=env)
+    cmd = app_command(args.port, args.address, args.max_upload_mb)
+    if os.name == "posix":      # the server takes this process's place: a signal to it stops it
+        os.execve(cmd[0], cmd, env)
+    return subprocess.call(cmd, env=env)

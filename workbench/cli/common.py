@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from core.errors import BadInputError, WorkbenchError
@@ -75,38 +77,94 @@ def load_from_args(args):
 
 def _clean(obj):
     """JSON-safe: NaN/inf become null, tuples lists, numpy/torch scalars floats."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    from core.ledger_io import json_safe
+
+    return json_safe(obj)
 
 
-def write_json(result, target: str | None) -> None:
-    """Write `result` as JSON to `target` (a path or '-'); nothing when target is None."""
+def write_json(result, target: str | None, stream=None) -> None:
+    """Write `result` as JSON to `target` (a path or '-' for `stream`, default stdout); nothing
+    when target is None. Strict JSON: NaN and infinities are written as null."""
     if target is None:
         return
-    text = json.dumps(_clean(result), indent=2)
+    text = json.dumps(_clean(result), indent=2, allow_nan=False)
     if target == "-":
-        sys.stdout.write(text + "\n")
+        (stream or sys.stdout).write(text + "\n")
     else:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Path(target).write_text(text + "\n")
 
 
+@contextlib.contextmanager
+def human_to_stderr(args):
+    """With --json -, stdout carries only the JSON: inside this block print() goes to stderr.
+    Yields the real stdout, for `write_json(..., stream=...)`."""
+    stdout = sys.stdout
+    if getattr(args, "json", None) == "-":
+        with contextlib.redirect_stdout(sys.stderr):
+            yield stdout
+    else:
+        yield stdout
+
+
+# ---- output paths: checked before any work ------------------------------------------------------
+
+def _writable_folder(folder: Path, option: str, path) -> None:
+    """`folder` (to be created if missing) can hold new files; else BadInputError naming `option`."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInputError(f"cannot write {path}: {existing} is a file, not a folder", field=option)
+    try:        # a real probe: permissions alone do not tell (root, read-only mounts, /proc)
+        fd, probe = tempfile.mkstemp(prefix=".workbench-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BadInputError(f"cannot write {path}: {e.strerror or e}", field=option) from None
+
+
+def check_output_file(path: str | None, option: str, suffix: str | None = None) -> None:
+    """Fail at once (BadInputError naming `option`, e.g. '--json') when file `path` cannot be
+    written: a folder of that name, a parent that is a file, no permission. None and '-' pass."""
+    if path is None or path == "-":
+        return
+    p = Path(path)
+    if suffix is not None and p.suffix.lower() != suffix:
+        raise BadInputError(f"{path}: the file name must end in {suffix}", field=option)
+    if p.is_dir():
+        raise BadInputError(f"{path} is a folder; give a file name", field=option)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise BadInputError(f"cannot write {path}: permission denied", field=option)
+    _writable_folder(p.parent, option, path)
+
+
+def check_output_folder(path: str | None, option: str) -> None:
+    """Fail at once when folder `path` cannot be created or written (e.g. it is a file)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise BadInputError(f"{path} is a file, not a folder", field=option)
+    _writable_folder(p, option, path)
+
+
+def check_outputs(args) -> None:
+    """--json F and --png F of any command, before the command does any work."""
+    check_output_file(getattr(args, "json", None), "--json")
+    check_output_file(getattr(args, "png", None), "--png", suffix=".png")
+
+
 def run_handler(args) -> int:
     """Run a command handler; user errors → one line on stderr and exit code 2."""
     try:
+        check_outputs(args)
         rc = args.handler(args)
         return 0 if rc is None else int(rc)
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

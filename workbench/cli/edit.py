@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -39,17 +40,20 @@ def add_hparam_args(p: argparse.ArgumentParser) -> None:
 
 
 def parse_layers(text: str | None) -> list[int] | None:
+    """'3,4,5' or '3-8' -> layer numbers; None (option not given) -> None (the preset's)."""
     from core.errors import BadInputError
 
-    if not text:
+    if text is None:
         return None
     out = []
     try:
         for part in text.split(","):
+            if not part.strip():
+                raise ValueError("empty entry")
             if "-" in part.strip()[1:]:
                 a, b = part.split("-", 1)
                 out += list(range(int(a), int(b) + 1))
-            elif part.strip():
+            else:
                 out.append(int(part))
     except ValueError:
         raise BadInputError(f"'{text}' is not a list of layers like 3,4,5 or 3-8", field="layers") from None
@@ -69,6 +73,10 @@ def hparams_from_args(handle, args):
             d = json.loads(Path(args.hparams).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BadInputError(f"cannot read {args.hparams}: {e}", field="hparams") from None
+        if not isinstance(d, dict):
+            kind = {list: "a list", str: "a string", bool: "true/false"}.get(type(d), "a number" if d is not None else "null")
+            raise BadInputError(f"{args.hparams} holds {kind}, not a JSON object of hyperparameters",
+                                field="hparams")
         hp = MemitHparams.from_dict(d) if "mom2_weight" in d else from_reference_json(d)
     hp = hp.replace(layers=parse_layers(args.layers), mom2_weight=args.mom2_weight, v_steps=args.v_steps,
                     clamp_norm_factor=args.clamp_norm_factor, kl_factor=args.kl_factor,
@@ -175,8 +183,27 @@ def print_scores(pre: dict, post: dict, keys=("ES", "PS", "NS", "S", "new_top1")
         print(f"{name:8}" + "".join(f"{_fmt(s.get(k)):>9}" for k in keys))
 
 
+def true_object_note(requests) -> str | None:
+    """Why ES/PS/NS show '-' (or count fewer edits): they need each edit's true object."""
+    missing = sum(1 for r in requests if not r.target_true)
+    if not missing:
+        return None
+    if missing == len(requests):
+        return ("ES, PS and NS compare the new object with the true one, so they need a true_object "
+                "column; without it they show '-' (new_top1: how often the new object is now the top answer)")
+    return (f"{missing} of {len(requests)} edits have no true_object: ES, PS and NS average over the "
+            f"other {len(requests) - missing}")
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
-    from core.editing import edit
+    """With --json - stdout carries only the JSON: everything else goes to stderr."""
+    common.check_output_folder(args.out, "--out")
+    with common.human_to_stderr(args) as stdout:
+        return _edit(args, stdout)
+
+
+def _edit(args: argparse.Namespace, stdout) -> int:
+    from core.editing import edit, revert
     from core.metrics import counterfact_scores, summarize
     from core.requests import read_requests, validate_requests
 
@@ -199,22 +226,40 @@ def cmd_edit(args: argparse.Namespace) -> int:
     pre = summarize(counterfact_scores(handle, report.requests, progress=progress))
     t_pre = time.perf_counter() - t
     applied = edit(handle, report.requests, method=args.method, hparams=hp, progress=progress)
+    try:
+        return _report_and_record(args, stdout, handle, ledger, applied, report.requests, pre, t_pre, progress)
+    except BaseException:
+        revert(handle, applied)            # a failed edit leaves the weights as they were
+        raise
+
+
+def _report_and_record(args, stdout, handle, ledger, applied, requests, pre, t_pre, progress) -> int:
+    from core.metrics import counterfact_scores, summarize
+
     t = time.perf_counter()
-    post_df = counterfact_scores(handle, report.requests, progress=progress)
+    post_df = counterfact_scores(handle, requests, progress=progress)
     post = summarize(post_df)
     t_post = time.perf_counter() - t
     progress.close()
     result = applied.result
-    for note in result.notes:
-        print(f"note: {note}")
+    for note in [*result.notes, true_object_note(result.requests)]:
+        if note:
+            print(f"note: {note}")
     print(f"edited {len(result.requests)} facts in layers {result.layers} "
           f"({result.timings.get('total', 0):.1f} s)")
     print_scores(pre, post)
     for layer in result.layers:
         stored = result.stored_fraction.get(layer)
+        change = result.output_change.get(layer)
         print(f"  layer {layer}: ‖ΔW‖ = {result.delta_norms[layer]:.4g}  "
               f"(‖ΔW‖/‖W‖ = {result.relative_norms[layer]:.3g})"
+              + (f"  output change {100 * change:.1f} %" if change is not None else "")
               + (f"  stored {100 * stored:.0f} % of its share (median edit)" if stored is not None else ""))
+    from workbench.edit_flow import size_note, size_warning
+
+    for message in (size_warning(result), size_note(result)):
+        if message:
+            print(f"note: {message}")
     if args.out:
         from core.patch import save_edited_model
 
@@ -222,16 +267,24 @@ def cmd_edit(args: argparse.Namespace) -> int:
             "method": result.method, "layers": result.layers, "hparams": result.hparams,
             "requests": [r.to_dict() for r in result.requests]})
         print(f"saved the edited model to {out}")
-    if ledger is not None:
-        from workbench.cli.session import record_cli_edit
+    payload = {"n": len(result.requests), "method": result.method, "layers": result.layers,
+               "pre": pre, "post": post, "delta_norms": result.delta_norms,
+               "relative_norms": result.relative_norms, "output_change": result.output_change,
+               "stored_fraction": result.stored_fraction,
+               "seconds": dict(result.timings, pre_eval=t_pre, post_eval=t_post),
+               "per_edit": post_df.to_dict(orient="records"), "notes": result.notes}
+    if ledger is None:
+        write_json(payload, args.json, stream=stdout)
+        return 0
+    from workbench.cli.session import record_cli_edit
 
-        record = record_cli_edit(ledger, handle, applied, post)
-        print(f"recorded as batch {record.id} in {ledger.root} (undo: workbench session undo)")
-    write_json({"n": len(result.requests), "method": result.method, "layers": result.layers,
-                "pre": pre, "post": post, "delta_norms": result.delta_norms,
-                "relative_norms": result.relative_norms, "stored_fraction": result.stored_fraction,
-                "seconds": dict(result.timings, pre_eval=t_pre, post_eval=t_post),
-                "per_edit": post_df.to_dict(orient="records"), "notes": result.notes}, args.json)
+    record = record_cli_edit(ledger, handle, applied, post)
+    try:
+        write_json({**payload, "batch": record.id}, args.json, stream=stdout)
+    except BaseException:
+        ledger.delete(record.id)           # the command failed: it records nothing
+        raise
+    print(f"recorded as batch {record.id} in {ledger.root} (undo: workbench session undo)")
     return 0
 
 
@@ -247,6 +300,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not Path(dataset).is_file():
         raise BadInputError(f"{dataset} not found", field="dataset")
     requests, skipped = load_dataset_requests(dataset, args.n)
+    if len(requests) < args.n:
+        print(f"note: {dataset} has only {len(requests)} usable case(s); evaluating {len(requests)} "
+              f"edits instead of --n {args.n}", file=sys.stderr if args.json == "-" else sys.stdout)
     handle = common.load_from_args(args)
     hp = hparams_from_args(handle, args)
     widened = widen_for_args(handle, hp.layers, args)

@@ -16,7 +16,10 @@ history onto it (`Ledger.replay`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import os
+import sys
 
 from workbench.cli import common
 from workbench.cli.common import add_json_arg, add_model_args, write_json
@@ -27,14 +30,18 @@ def add_workspace_arg(p: argparse.ArgumentParser) -> None:
                    help="workspace folder (default: $WORKBENCH_HOME or the user's cache folder)")
 
 
-def open_ledger(args):
+def open_ledger(args, *, write: bool = False):
+    """The workspace's ledger. Commands that only read (write=False) do not create a workspace
+    named by --workspace or $WORKBENCH_HOME: a missing one is an error (a typo, most likely)."""
     from core.ledger import Ledger
 
-    ledger = Ledger(getattr(args, "workspace", None))
+    workspace = getattr(args, "workspace", None)
+    named = bool(workspace or os.environ.get("WORKBENCH_HOME"))
+    ledger = Ledger(workspace, create=write or not named)
     rec = ledger.recovered
     if rec["removed_files"] or rec["broken_batches"]:
         print(f"note: workspace repaired: removed {len(rec['removed_files'])} unfinished file(s); "
-              f"damaged batches: {rec['broken_batches'] or 'none'}")
+              f"damaged batches: {rec['broken_batches'] or 'none'}", file=sys.stderr)
     return ledger
 
 
@@ -83,7 +90,10 @@ def register(sub) -> None:
     add_json_arg(p)
     p.set_defaults(handler=cmd_apply)
     p = ss.add_parser("replay", help="rebuild the edited model from the history (optionally save it)")
-    p.add_argument("--save", default=None, metavar="DIR", help="save the edited model (save_pretrained)")
+    # dest save_dir: nnsight gives every object a .save(), so argparse would see a "save" attribute
+    # as already set and keep that method instead of the default
+    p.add_argument("--save", dest="save_dir", default=None, metavar="DIR",
+                   help="save the edited model (save_pretrained)")
     add_model_args(p)
     add_workspace_arg(p)
     add_json_arg(p)
@@ -181,14 +191,15 @@ def cmd_delete(args) -> int:
 def cmd_export(args) -> int:
     from core.patch import export_patch
 
+    common.check_output_file(args.out, "--out")
     out = export_patch(open_ledger(args), args.ids, args.out, mode="sum" if args.sum else "per_batch")
     print(f"wrote {out} and {out}.json")
     return 0
 
 
-def _replayed(args):
+def _replayed(args, write: bool = False):
+    ledger = open_ledger(args, write=write)        # a bad workspace fails before the model loads
     handle = common.load_from_args(args)
-    ledger = open_ledger(args)
     report = ledger.replay(handle)
     if report.batch_ids:
         print(f"replayed batches {report.batch_ids} of the workspace onto {handle.name}")
@@ -196,31 +207,35 @@ def _replayed(args):
 
 
 def cmd_apply(args) -> int:
-    from core.patch import apply_patch
+    from core.patch import apply_patch, read_patch
 
-    handle, ledger, _ = _replayed(args)
-    report = apply_patch(handle, args.patch, force=args.force, ledger=ledger)
-    if not report.base_hash_match:
-        print("warning: the patch was made on other base weights (--force)")
-    print(f"applied {report.n_batches} batch(es), {report.n_edits} edit(s), layers {report.layers}; "
-          f"recorded as batch(es) {report.recorded_ids}")
-    write_json(vars(report), args.json)
+    read_patch(args.patch)                          # a missing or damaged patch fails before any work
+    with common.human_to_stderr(args) as stdout:
+        handle, ledger, _ = _replayed(args, write=True)
+        report = apply_patch(handle, args.patch, force=args.force, ledger=ledger)
+        if not report.base_hash_match:
+            print("warning: the patch was made on other base weights (--force)")
+        print(f"applied {report.n_batches} batch(es), {report.n_edits} edit(s), layers {report.layers}; "
+              f"recorded as batch(es) {report.recorded_ids}")
+        write_json(vars(report), args.json, stream=stdout)
     return 0
 
 
 def cmd_replay(args) -> int:
     from core.patch import save_edited_model
 
-    handle, ledger, report = _replayed(args)
-    if not report.batch_ids:
-        print(f"no applied batches for {handle.name} (weights {handle.base_hash[:12]}) in {ledger.root}")
-    elif report.matches_recorded is not None:
-        print("the replayed weights " + ("match" if report.matches_recorded else "DO NOT match")
-              + " the weights recorded when the batches were applied")
-    if args.save:
-        save_edited_model(handle, args.save, note={"batches": report.batch_ids})
-        print(f"saved the edited model to {args.save}")
-    write_json(vars(report), args.json)
+    common.check_output_folder(args.save_dir, "--save")
+    with common.human_to_stderr(args) as stdout:
+        handle, ledger, report = _replayed(args)
+        if not report.batch_ids:
+            print(f"no applied batches for {handle.name} (weights {handle.base_hash[:12]}) in {ledger.root}")
+        elif report.matches_recorded is not None:
+            print("the replayed weights " + ("match" if report.matches_recorded else "DO NOT match")
+                  + " the weights recorded when the batches were applied")
+        if args.save_dir:
+            save_edited_model(handle, args.save_dir, note={"batches": report.batch_ids})
+            print(f"saved the edited model to {args.save_dir}")
+        write_json(vars(report), args.json, stream=stdout)
     return 0
 
 
@@ -228,6 +243,7 @@ def cmd_replay(args) -> int:
 
 def _setup(args):
     """(handle, base MEMIT hparams, {method: hparams}, methods, references, progress)."""
+    from core.errors import BadInputError
     from core.ft import ft_hparams
     from core.genmetrics import ReferenceCorpus
     from core.hparams import is_demo
@@ -237,26 +253,30 @@ def _setup(args):
     from workbench.cli.edit import hparams_from_args
 
     methods = check_methods(args.methods.split(","))
+    if args.ft_lr is not None and not (math.isfinite(args.ft_lr) and args.ft_lr > 0):
+        raise BadInputError(f"the learning rate must be a finite number > 0, got {args.ft_lr}", field="ft-lr")
+    if args.gen_sample < 0:
+        raise BadInputError(f"must be ≥ 0 (0 skips GE/RS), got {args.gen_sample}", field="gen-sample")
     handle = common.load_from_args(args)
     options = {k: None for k in ("v_steps", "clamp_norm_factor", "kl_factor", "corpus", "n_samples", "batch_size",
                                  "n_context")}
     base = hparams_from_args(handle, argparse.Namespace(**vars(args), method="memit", **options))
     per = {"rome": rome_hparams(handle, args.rome_layer, base)}
     ft = ft_hparams(handle, base)
-    ft.layer = args.ft_layer if args.ft_layer is not None else ft.layer
-    ft.lr = args.ft_lr if args.ft_lr is not None else ft.lr
-    per["ft"] = ft
+    per["ft"] = dataclasses.replace(ft, layer=args.ft_layer if args.ft_layer is not None else ft.layer,
+                                    lr=args.ft_lr if args.ft_lr is not None else ft.lr)   # validated again
     references = ReferenceCorpus.from_world() if is_demo(handle) and args.gen_sample > 0 else None
     return handle, base, per, methods, references, TqdmProgress()
 
 
 def _print_rows(df) -> None:
-    print_table(df, ["method", "n", "ES", "PS", "NS", "S", "GE", "RS", "stored", "seconds", "layers"])
+    print_table(df, ["method", "n", "ES", "PS", "NS", "S", "new_top1", "GE", "RS", "stored", "seconds", "layers"])
 
 
 def cmd_compare(args) -> int:
     from core.requests import read_requests
     from core.scaling import compare_methods
+    from workbench.cli.edit import true_object_note
 
     requests = read_requests(args.edits)
     handle, base, per, methods, refs, progress = _setup(args)
@@ -264,12 +284,19 @@ def cmd_compare(args) -> int:
                            gen_sample=args.gen_sample, references=refs, progress=progress,
                            exclude_edited_neighbours=not args.all_neighbours)
     progress.close()
+    table = comp.table.copy()        # + new_top1: whether the edit took, also without true objects
+    table["new_top1"] = [100 * float(comp.per_edit[m]["new_top1"].mean())
+                         if m in comp.per_edit and "new_top1" in comp.per_edit[m] else math.nan
+                         for m in table["method"]]
     write_json({"model": handle.name, "n": len(requests), "methods": methods,
-                "rows": comp.table.to_dict(orient="records"),
+                "rows": table.to_dict(orient="records"),
                 "hparams": {m: (r.hparams) for m, r in comp.results.items()},
                 "notes": {m: r.notes for m, r in comp.results.items()}}, args.json)
     if args.json != "-":
-        _print_rows(comp.table)
+        _print_rows(table)
+        note = true_object_note(requests)
+        if note:
+            print(f"note: {note}")
     if args.png:
         from workbench.charts.export import write_png
         from workbench.charts.scaling import comparison_bars

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from workbench.cli.common import TqdmProgress, add_json_arg, add_model_args, load_from_args, write_json
+from workbench.cli.common import (TqdmProgress, add_json_arg, add_model_args, check_output_file, load_from_args,
+                                  write_json)
 
 
 def register(sub) -> None:
@@ -24,7 +26,8 @@ def register(sub) -> None:
     add_model_args(p)
     add_json_arg(p)
     p.add_argument("--png", metavar="F", default=None,
-                   help="write the heatmaps as PNG to F (and the severed-path chart to F-severed.png)")
+                   help="write the heatmaps as PNG to F (a .png name) and the severed-path chart beside it, "
+                   "with -severed before the suffix: trace.png -> trace-severed.png")
     p.set_defaults(handler=cmd_trace)
 
     p = sub.add_parser(
@@ -77,13 +80,18 @@ def _kinds(kind: str) -> list[str]:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from core.layer_select import suggest_from_trace
-    from core.tracing import check_kind, prepare_trace, run_grid
+    from core.tracing import answer_note, check_kind, prepare_trace, run_grid
     from core.tracing_severed import run_severed
 
     kinds = [check_kind(k) for k in _kinds(args.kind)]
     settings = settings_from_args(args)
+    if args.png and not args.no_severed:
+        check_output_file(str(severed_png_path(args.png)), "--png", suffix=".png")
     handle = load_from_args(args)
     prep = prepare_trace(handle, args.prompt, args.subject, args.answer, settings)
+    notes = [n for n in [answer_note(handle, args.prompt, args.answer)] if n]
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     progress = TqdmProgress("tracing")
     results = {k: run_grid(prep, k, progress=progress) for k in kinds}
     severed = None if args.no_severed else run_severed(prep, progress=progress)
@@ -97,28 +105,38 @@ def cmd_trace(args: argparse.Namespace) -> int:
         "settings": prep.settings_dict(),
         "traces": {k: {"scores": r.scores.tolist(), "effects": r.effects.tolist()} for k, r in results.items()},
         "severed": severed.to_dict() if severed is not None else None,
-        "suggested_layers": suggestion.layers if suggestion else [],
+        "suggested_layers": suggestion.layers if suggestion else [], "notes": notes,
         "suggestion": suggestion.to_dict() if suggestion else None,
     }
     write_json(out, args.json)
     if args.png:
-        _write_trace_pngs(args.png, results, severed, suggestion)
+        _write_trace_pngs(args.png, results, severed, suggestion, _human(args))
     if args.json != "-":
         _print_trace(prep, results, severed, suggestion)
     return 0
 
 
-def _write_trace_pngs(path: str, results, severed, suggestion) -> None:
+def _human(args):
+    """Where messages go: stderr when stdout carries the JSON (--json -)."""
+    return sys.stderr if args.json == "-" else sys.stdout
+
+
+def _write_trace_pngs(path: str, results, severed, suggestion, out) -> None:
     from workbench.charts.export import write_png
     from workbench.charts.trace import severed_chart, trace_heatmaps
 
     write_png(trace_heatmaps(results), path)
-    print(f"wrote {path}")
+    print(f"wrote {path}", file=out)
     if severed is not None:
-        p = Path(path)
-        sev_path = p.with_name(f"{p.stem}-severed{p.suffix or '.png'}")
+        sev_path = severed_png_path(path)
         write_png(severed_chart(severed, suggestion=suggestion), sev_path)
-        print(f"wrote {sev_path}")
+        print(f"wrote {sev_path}", file=out)
+
+
+def severed_png_path(path: str) -> Path:
+    """Where `trace --png F` puts the severed-path chart: trace.png -> trace-severed.png."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}-severed{p.suffix or '.png'}")
 
 
 def _print_trace(prep, results, severed, suggestion) -> None:
@@ -149,13 +167,19 @@ def default_facts_path() -> Path:
 
 
 def cmd_trace_avg(args: argparse.Namespace) -> int:
+    from core.errors import BadInputError
     from core.trace_avg import average_traces, load_facts
     from core.tracing import check_kind
 
     kinds = [check_kind(k) for k in _kinds(args.kind)]
     settings = settings_from_args(args)
+    if args.range_size is not None and args.range_size < 1:
+        raise BadInputError(f"must be at least 1, got {args.range_size}", field="range-size")
     facts = load_facts(args.facts or default_facts_path())
     handle = load_from_args(args)
+    if args.range_size is not None and args.range_size > handle.n_layers:
+        raise BadInputError(f"{args.range_size} layers, but {handle.name} has only {handle.n_layers}",
+                            field="range-size")
     avg = average_traces(handle, facts, n=args.n, kinds=kinds, settings=settings,
                          severed=not args.no_severed, layer_range_size=args.range_size,
                          progress=TqdmProgress("tracing"))
@@ -165,7 +189,7 @@ def cmd_trace_avg(args: argparse.Namespace) -> int:
         from workbench.charts.trace import average_figure
 
         write_png(average_figure(avg), args.png)
-        print(f"wrote {args.png}")
+        print(f"wrote {args.png}", file=_human(args))
     if args.json != "-":
         _print_average(avg)
     return 0
