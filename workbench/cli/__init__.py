@@ -1,7 +1,9 @@
 """The `workbench` command line.
 
 Conventions for every command:
-- `--json F` writes the command's result as JSON to file F (`-` for stdout);
+- `--json F` writes the command's result as JSON to file F (`-` for stdout: then stdout holds only
+  the JSON, messages go to stderr); strict JSON, NaN written as null;
+- output paths (--json, --png, --out, --save) are checked before any work starts;
 - exit code 0 on success, 2 on bad input with a one-line message on stderr;
 - `--model M` (hub id, local folder, or `demo`, the default) on every command that needs a model.
 
