@@ -221,11 +221,11 @@ def average_traces(handle, facts: list[Fact], *, n: int | None = None, kinds=KIN
                    for c in CATEGORIES} for k in kinds}
     avg_sev = AveragedSevered(*(sev[k] / m for k in ("normal", "mlp_severed", "attn_severed"))) if severed else None
     if avg_sev is not None:
-        suggestion = suggest_layers(avg_sev.gap, size=layer_range_size,
+        suggestion = suggest_layers(avg_sev.gap, size=layer_range_size, total_effect=(clean - corrupted) / m,
                                     source=f"MLP-severed gap at the last subject token, mean over {m} facts")
     elif "mlp" in effects:
         suggestion = suggest_layers(effects["mlp"]["last_subject"], size=layer_range_size,
-                                    source=f"MLP indirect effect at the last subject token, mean over {m} facts")
+                                    total_effect=(clean - corrupted) / m, source=f"MLP indirect effect at the last subject token, mean over {m} facts")
     else:
         suggestion = None
     return AveragedTrace(

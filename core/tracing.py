@@ -179,11 +179,13 @@ def encode_prompt(handle, prompt: str, subject: str) -> tuple[torch.Tensor, Subj
     return ids.to(handle.device), span
 
 
-def answer_token(handle, prompt: str, answer: str) -> int:
-    """The first token of `answer` as the model would read it right after `prompt`.
+def answer_tokens(handle, prompt: str, answer: str) -> list[int]:
+    """The tokens of `answer` as the model would read them right after `prompt`.
 
     A space is put between prompt and answer unless one side already has it; the answer's
     tokens are those the tokenizer adds after the prompt's own (robust to BOS and "▁" prefixes).
+    BadInputError (field "answer") when there are none, or the first is unknown to the model or
+    only part of a character (byte-level pieces of a character the vocabulary lacks).
     """
     if not isinstance(answer, str) or not answer.strip():
         raise BadInputError("the answer is empty", field="answer")
@@ -198,7 +200,29 @@ def answer_token(handle, prompt: str, answer: str) -> int:
     n_vocab = int(handle.hf.get_output_embeddings().weight.shape[0])
     if not ids or ids[0] == tok.unk_token_id or ids[0] >= n_vocab:
         raise BadInputError(f"'{answer}' cannot be tokenised by this model's tokenizer", field="answer")
-    return int(ids[0])
+    if "\ufffd" in tok.decode([ids[0]]):
+        raise BadInputError(f"'{answer}' starts with part of a character this model's vocabulary "
+                            "does not hold as a token, so its probability is not one next-token "
+                            "probability; give an answer that starts with a word the model knows",
+                            field="answer")
+    return [int(i) for i in ids]
+
+
+def answer_token(handle, prompt: str, answer: str) -> int:
+    """The first token of `answer` (`answer_tokens`): what a trace scores, as in the paper."""
+    return answer_tokens(handle, prompt, answer)[0]
+
+
+def answer_note(handle, prompt: str, answer: str | None) -> str | None:
+    """A note for the user when `answer` is more than one token: the trace follows its first."""
+    if answer is None or not str(answer).strip():
+        return None
+    ids = answer_tokens(handle, prompt, answer)
+    if len(ids) == 1:
+        return None
+    first = handle.tokenizer.decode([ids[0]]).strip()
+    return (f"'{answer.strip()}' is {len(ids)} tokens; the trace follows the probability of its "
+            f"first token '{first}' (one next-token probability, as in the paper)")
 
 
 def check_kind(kind: str) -> str:

@@ -40,7 +40,7 @@ answer = c3.text_input("Answer (optional)", key="trace_answer", help="The answer
 with st.expander("Trace settings"):
     d = TraceSettings()
     k1, k2, k3, k4 = st.columns(4)
-    noise = k1.number_input("Noise (× σ)", value=d.noise, min_value=0.0, key="trace_noise",
+    noise = k1.number_input("Noise (× σ)", value=d.noise, min_value=0.1, step=0.5, key="trace_noise",
                             help="Noise level as a multiple of the subject embeddings' standard "
                             "deviation σ (the paper uses 3).")
     samples = k2.number_input("Noise samples", value=d.samples, min_value=1, key="trace_samples",
@@ -52,15 +52,21 @@ with st.expander("Trace settings"):
     seed = k4.number_input("Seed", value=d.seed, key="trace_seed", help="Seed of the noise.")
 settings = TraceSettings(noise=noise, samples=int(samples), window=int(window), seed=int(seed))
 
+failed = False
 if st.button("Trace", type="primary", key="run_trace"):
     s.trace_prompt, s.trace_subject = prompt, subject
+    s.trace = None          # a failed run must not leave the previous prompt's result on screen
     with ui.guard("Trace"), ui.progress("Tracing") as cb:
         s.trace = trace_flow.run_full_trace(handle, prompt, subject, answer, settings, progress=cb)
+    failed = s.trace is None
 
 full = s.trace
 if full is None:
-    ui.empty_state("Type a prompt and its subject (or click an example), then press Trace.")
+    if not failed:
+        ui.empty_state("Type a prompt and its subject (or click an example), then press Trace.")
 else:
+    for note in full.notes:
+        st.info(ui.escape_md(note), icon=":material/info:")
     first = full.grids["hidden"]
     m1, m2, m3 = st.columns(3)
     m1.metric("Answer", first.answer.strip() or repr(first.answer),
@@ -74,9 +80,16 @@ else:
             if not tab.open:
                 continue
             st.caption(trace_flow.KIND_HELP[kind])
-            fig = charts.trace_heatmap(ui.plot_safe_result(result), title=f"Restoring {kind}")
+            fig = charts.trace_heatmap(ui.plot_safe_result(result))
             st.plotly_chart(fig, key=f"heatmap_{kind}")
-            ui.png_download(fig, f"trace-{kind}.png", key=f"png_{kind}")
+            p1, p2 = st.columns(2)
+            with p1:
+                ui.png_download(fig, f"trace-{kind}.png", key=f"png_{kind}")
+            p2.download_button("Grid as CSV", ui.csv_bytes(trace_flow.grid_table(result)),
+                               file_name=f"trace-{kind}.csv", mime="text/csv", key=f"csv_{kind}",
+                               on_click="ignore", icon=":material/table:",
+                               help="One row per (token, layer): P(answer) with that state "
+                               "restored and its indirect effect.")
     st.subheader("Severed paths at the last subject token")
     st.caption("Restore the hidden state of one layer at the last subject token, normally and "
                "with the MLPs (or attention) of that token frozen. Where the MLP-severed bars "
@@ -84,11 +97,21 @@ else:
     sev_fig = charts.severed_chart(full.severed, suggestion=full.suggestion,
                                    title="Effect of the hidden state at the last subject token")
     st.plotly_chart(sev_fig, key="severed")
+    d1, d2 = st.columns(2)
+    with d1:
+        ui.png_download(sev_fig, "trace-severed.png", key="png_severed")
+    d2.download_button("Whole trace as JSON", trace_flow.trace_json(full), file_name="trace.json",
+                       mime="application/json", key="json_trace", on_click="ignore",
+                       icon=":material/data_object:", help="Prompt, tokens, the three grids, the "
+                       "severed curves and the suggested R — the same fields as `workbench trace "
+                       "--json`.")
 
 st.subheader("Average over many facts")
 a1, a2 = st.columns([1, 3], vertical_alignment="bottom")
-n = a1.number_input("Facts", min_value=1, max_value=400, value=20, key="avg_n",
-                    help="Demo-world facts the model gets right; the averages follow Figure 8.")
+n = a1.number_input("Facts", min_value=1, max_value=400, value=10, key="avg_n",
+                    help="Demo-world facts the model gets right; the averages follow Figure 8. "
+                    "Each fact is a full trace (three grids and the severed paths): about a "
+                    "second each on a GPU, up to half a minute on a small CPU.")
 if a2.button("Run averaged trace", key="run_avg"):
     with ui.guard("Averaged trace"), ui.progress("Averaging") as cb:
         s.trace_avg = trace_flow.run_average(handle, int(n), settings, progress=cb)
@@ -101,6 +124,11 @@ if s.trace_avg is not None:
     st.plotly_chart(charts.average_curves(avg, kind), key="avg_curves")
     if avg.severed is not None:
         st.plotly_chart(charts.severed_chart(avg.severed, suggestion=avg.suggestion), key="avg_severed")
+    st.download_button("Averaged trace as JSON", trace_flow.average_json(avg), file_name="trace-avg.json",
+                       mime="application/json", key="json_avg", on_click="ignore",
+                       icon=":material/data_object:", help="n_facts, n_layers, suggested_layers and "
+                       "the indirect effects per kind, token category and layer — the format of "
+                       "`workbench trace-avg --json`.")
 
 suggestion = (s.trace_avg.suggestion if s.trace_avg is not None and s.trace_avg.suggestion
               else full.suggestion if full is not None else None)
@@ -110,7 +138,8 @@ if suggestion is not None:
     if suggestion.note:
         st.warning(ui.escape_md(suggestion.note), icon=":material/warning:")
     st.dataframe(trace_flow.evidence_table(suggestion), hide_index=True)
-    if st.button("Use these layers for editing", type="primary", key="use_layers"):
+    if st.button("Use these layers anyway" if suggestion.note else "Use these layers for editing",
+                 type="secondary" if suggestion.note else "primary", key="use_layers"):
         s.edit_layers = list(suggestion.layers)
     if s.edit_layers:
         st.success(f"The Edit page will use R = {s.edit_layers}.", icon=":material/check_circle:")

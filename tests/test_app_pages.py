@@ -94,6 +94,36 @@ def test_trace_page_bad_subject_is_a_readable_error(app_model):
     assert len(msgs) == 1 and msgs[0].startswith("Trace: subject:"), msgs
     assert at.session_state[STATE_KEY].trace is None
 
+def test_trace_downloads_carry_the_numbers_and_an_error_clears_the_old_result(app_model):
+    import json
+
+    from workbench import trace_flow
+
+    at = open_page("trace")
+    at.button[0].click().run()                                         # a demo-world example
+    at.button(key="run_trace").click().run()
+    full = at.session_state[STATE_KEY].trace
+    assert full is not None and not errors(at)
+    mlp = full.grids["mlp"]
+    table = trace_flow.grid_table(mlp)                                 # "Grid as CSV"
+    assert len(table) == mlp.scores.size
+    assert table["p_answer"].to_numpy().reshape(mlp.scores.shape) == pytest.approx(mlp.scores)
+    assert table["indirect_effect"].to_numpy() == pytest.approx(mlp.scores.ravel() - mlp.corrupted_prob)
+    s0, s1 = mlp.subject_span
+    assert table[table["subject_token"]]["token_index"].unique().tolist() == list(range(s0, s1))
+    data = json.loads(trace_flow.trace_json(full))                      # "Whole trace as JSON"
+    assert np.array(data["traces"]["hidden"]["scores"]) == pytest.approx(full.grids["hidden"].scores)
+    assert data["suggested_layers"] == full.suggestion.layers and data["tokens"] == mlp.tokens
+    # the same page, a subject the prompt lacks: the error, and nothing of the old prompt left
+    at.text_input(key="trace_subject").set_value("Atlantis")
+    at.button(key="run_trace").click().run()
+    assert not at.exception, at.exception
+    assert [m.split(":")[1].strip() for m in errors(at)] == ["subject"]
+    assert at.session_state[STATE_KEY].trace is None
+    assert not [sp for sp in plotly_specs(at) if sp["data"][0]["type"] == "heatmap"]
+    assert not any("press Trace" in i.value for i in at.info)           # the error says it all
+
+
 # ---- every page ---------------------------------------------------------------------------------
 
 PAGES = ("model", "trace", "edit", "results", "history", "evaluate", "learn")

@@ -44,3 +44,21 @@ def test_mlp_severed_gap_is_visible_and_picks_r(averaged):
     layers = averaged.suggestion.layers
     assert layers and layers == sorted(layers) and layers[-1] - layers[0] == len(layers) - 1
     assert int(np.argmax(gap)) in layers or max(layers) < 2 * L / 3
+    assert averaged.suggestion.note == ""          # backed: best window ≥ 3 % of the total effect
+
+
+def test_answers_of_several_tokens_are_named_and_partial_characters_refused(demo_handle):
+    from core.errors import BadInputError
+    from core.tracing import answer_note, answer_tokens
+
+    prompt = "Clara Lee Walwell was born in"
+    ids = answer_tokens(demo_handle, prompt, "Harbor Norvik")
+    assert len(ids) >= 2 and demo_handle.tokenizer.decode(ids).strip() == "Harbor Norvik"
+    note = answer_note(demo_handle, prompt, "Harbor Norvik")
+    first = demo_handle.tokenizer.decode([ids[0]]).strip()
+    assert f"is {len(ids)} tokens" in note and f"'{first}'" in note
+    assert answer_note(demo_handle, prompt, first) is None            # one token: nothing to say
+    assert answer_note(demo_handle, prompt, None) is None
+    with pytest.raises(BadInputError, match="part of a character") as err:
+        answer_tokens(demo_handle, prompt, "漢字🙂")                      # byte pieces only
+    assert err.value.field == "answer"

@@ -68,9 +68,10 @@ def test_bad_input(curve, size, field):
 
 
 class _Severed:
-    def __init__(self):
+    def __init__(self, clean=0.9, corrupted=0.1):
         self.normal = np.array([0.1, 0.5, 0.6, 0.2])
         self.mlp_severed = np.array([0.1, 0.1, 0.2, 0.2])
+        self.clean_prob, self.corrupted_prob = clean, corrupted
 
     @property
     def gap(self):
@@ -80,6 +81,7 @@ class _Severed:
 class _Trace:
     kind = "mlp"
     subject_span = (1, 3)
+    clean_prob, corrupted_prob = 0.8, 0.1
     effects = np.array([[0.0, 0.0, 0.0, 0.0], [0.9, 0.0, 0.0, 0.0], [0.0, 0.0, 0.3, 0.4]])
 
 
@@ -88,3 +90,22 @@ def test_suggest_from_single_prompt_results():
     s = suggest_from_trace(_Trace(), size=2)
     assert s.layers == [2, 3]                 # row of the last subject token (index 2)
     assert "mlp" in s.source
+    assert suggest_from_trace(_Severed(), size=2).note == ""     # window mean 0.4 of a total 0.8
+
+
+def test_weak_evidence_is_flagged_against_the_total_effect():
+    # best window mean 0.002 (layers 1-2): 0.5 % of a total effect 0.4 → flagged, R still given
+    s = suggest_layers([0.0, 0.002, 0.002, -0.001], size=2, total_effect=0.4)
+    assert s.layers == [1, 2] and "weak evidence" in s.note and "0.002" in s.note
+    # the same curve against a total effect of 0.03: 6.7 % ≥ 3 % → backed
+    assert suggest_layers([0.0, 0.002, 0.002, -0.001], size=2, total_effect=0.03).note == ""
+    # exactly at the threshold counts as evidence; just under does not
+    assert suggest_layers([0.03, 0.03], size=2, total_effect=1.0).note == ""
+    assert "weak evidence" in suggest_layers([0.0299, 0.0299], size=2, total_effect=1.0).note
+    # no total effect at all (corruption does not lower P(answer))
+    assert "no total effect" in suggest_layers([0.1, 0.2], size=1, total_effect=-0.01).note
+    # a single-prompt trace whose corruption barely matters: its gap is large relative to nothing
+    flat = _Severed(clean=0.9, corrupted=0.1)
+    flat.normal = np.array([0.101, 0.102, 0.1, 0.1])
+    flat.mlp_severed = np.array([0.1, 0.1, 0.1, 0.1])
+    assert "weak evidence" in suggest_from_trace(flat, size=2).note

@@ -7,10 +7,10 @@ layer range those suggest (`core.layer_select`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.layer_select import LayerSuggestion, suggest_from_trace
-from core.tracing import KINDS, TraceResult, TraceSettings, prepare_trace, run_grid
+from core.tracing import KINDS, TraceResult, TraceSettings, answer_note, prepare_trace, run_grid
 from core.tracing_severed import SeveredResult, run_severed
 
 KIND_LABELS = {"hidden": "Hidden states", "mlp": "MLP outputs", "attn": "Attention outputs"}
@@ -28,6 +28,7 @@ class FullTrace:
     grids: dict[str, TraceResult]
     severed: SeveredResult
     suggestion: LayerSuggestion
+    notes: list[str] = field(default_factory=list)   # e.g. a multi-token answer traced by its first token
 
 
 def knowns_path():
@@ -50,7 +51,9 @@ def run_full_trace(handle, prompt: str, subject: str, answer: str | None,
     prep = prepare_trace(handle, prompt, subject, answer or None, settings)
     grids = {k: run_grid(prep, k, progress=progress) for k in KINDS}
     severed = run_severed(prep, progress=progress)
-    return FullTrace(grids=grids, severed=severed, suggestion=suggest_from_trace(severed))
+    note = answer_note(handle, prompt, answer or None)
+    return FullTrace(grids=grids, severed=severed, suggestion=suggest_from_trace(severed),
+                     notes=[note] if note else [])
 
 
 def run_average(handle, n: int, settings: TraceSettings, progress=None):
@@ -74,3 +77,52 @@ def evidence_table(suggestion: LayerSuggestion):
         f"mean over layers l…l+{suggestion.size - 1}": windows,
         "in R": [layer in suggestion.layers for layer in range(n)],
     })
+
+
+# ---- downloads ----------------------------------------------------------------------------------
+
+def grid_table(result: TraceResult):
+    """One row per (token, layer) of a grid: P(answer) with that state restored and the indirect
+    effect (P − corrupted P), tokens marked when they belong to the subject."""
+    import pandas as pd
+
+    T, L = result.scores.shape
+    s0, s1 = result.subject_span
+    return pd.DataFrame([{"token_index": t, "token": result.tokens[t], "subject_token": s0 <= t < s1,
+                          "layer": layer, "kind": result.kind, "p_answer": float(result.scores[t, layer]),
+                          "indirect_effect": float(result.scores[t, layer] - result.corrupted_prob)}
+                         for t in range(T) for layer in range(L)])
+
+
+def trace_dict(full: FullTrace) -> dict:
+    """The fields of `workbench trace --json` for a full trace."""
+    first = next(iter(full.grids.values()))
+    return {
+        "prompt": first.prompt, "subject": first.subject, "answer": first.answer,
+        "answer_id": first.answer_id, "clean_prob": first.clean_prob,
+        "corrupted_prob": first.corrupted_prob, "tokens": list(first.tokens),
+        "subject_span": list(first.subject_span), "n_layers": first.n_layers,
+        "settings": dict(first.settings),
+        "traces": {k: {"scores": r.scores.tolist(), "effects": r.effects.tolist()} for k, r in full.grids.items()},
+        "severed": full.severed.to_dict(), "suggested_layers": list(full.suggestion.layers),
+        "notes": list(full.notes), "suggestion": full.suggestion.to_dict(),
+    }
+
+
+def _json_bytes(obj) -> bytes:
+    import io
+
+    from workbench.cli.common import write_json
+
+    buf = io.StringIO()
+    write_json(obj, "-", stream=buf)          # strict JSON: NaN / inf as null
+    return buf.getvalue().encode()
+
+
+def trace_json(full: FullTrace) -> bytes:
+    return _json_bytes(trace_dict(full))
+
+
+def average_json(avg) -> bytes:
+    """An averaged trace in the format of `workbench trace-avg --json`."""
+    return _json_bytes(avg.to_dict())

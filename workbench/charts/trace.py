@@ -63,7 +63,7 @@ def _token_axis(fig, result, **where) -> None:
     T = len(result.tokens)
     fig.update_yaxes(tickmode="array", tickvals=list(range(T)),
                      ticktext=token_labels(result.tokens, tuple(result.subject_span)),
-                     autorange="reversed", **where)
+                     autorange="reversed", automargin=True, **where)
 
 
 def trace_heatmap(result, *, title: str | None = None) -> go.Figure:
@@ -75,7 +75,7 @@ def trace_heatmap(result, *, title: str | None = None) -> go.Figure:
                f"<br><sup>answer {result.answer.strip()!r}: clean p = {result.clean_prob:.3f}, "
                f"corrupted p = {result.corrupted_prob:.3f}</sup>"},
         xaxis_title=_x_title(result.kind, int(result.settings.get("window", 10))),
-        height=max(320, 28 * len(result.tokens) + 160), margin={"l": 10, "r": 10},
+        height=max(320, 28 * len(result.tokens) + 160), margin={"r": 10},
     )
     _token_axis(fig, result)
     return fig
