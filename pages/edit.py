@@ -67,6 +67,12 @@ elif problems:
     st.dataframe(ui.problems_frame(problems), hide_index=True, width="stretch")
 else:
     st.success(f"{len(requests)} edit(s) ready.", icon=":material/check_circle:")
+    untrue = sum(1 for r in requests if not r.target_true)
+    if untrue:
+        st.info(f"{untrue} of {len(requests)} edit(s) have no true object. ES, PS and NS compare "
+                "the new object with the true one, so they read n/a without it (the new object's "
+                "top-1 check still runs). Fill \"True object\" with what the model says now to "
+                "score them.", icon=":material/info:")
 for w in warnings:
     st.warning(ui.escape_md(w), icon=":material/warning:")
 

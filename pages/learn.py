@@ -64,7 +64,8 @@ elif step.key in ("trace", "layers"):
             st.plotly_chart(charts.trace_heatmap(ui.plot_safe_result(full.grids[kind])),
                             key=f"learn_heatmap_{kind}")
         st.caption("Dark cells: restoring that one state brings the answer back. Look for the "
-                   "last subject token (marked *) in the middle layers.")
+                   "last subject token (marked *) in the MLP map: in GPT-J the strong cells sit in "
+                   "the early-middle layers; in this small 8-layer demo model, at layers 0-1.")
     elif full is not None:
         st.plotly_chart(charts.severed_chart(full.severed, suggestion=full.suggestion), key="learn_severed")
         st.markdown(f"The gap is largest over layers **{full.suggestion.layers}**: the suggested R.")
@@ -83,14 +84,19 @@ elif step.key == "edit":
             L["run"] = edit_flow.run_edit(handle, [req], "memit", hp, loader.get_ledger(),
                                           ui.current_key(s), progress=cb)
             s.runs.append(L["run"])
+            L.pop("undone", None)
     if "run" in L:
         st.success(f"Edited layers {L['run'].result.layers} (batch {L['run'].batch_id}). "
                    "Go to step 5 to test it.", icon=":material/check_circle:")
         if edit_flow.size_warning(L["run"].result):
             st.warning(edit_flow.size_warning(L["run"].result), icon=":material/warning:")
+        if edit_flow.size_note(L["run"].result):
+            st.info(edit_flow.size_note(L["run"].result), icon=":material/info:")
 elif step.key == "test":
     run = L.get("run")
     if run is None:
+        if L.get("undone"):
+            st.success(L["undone"], icon=":material/check_circle:")
         ui.empty_state("Make the edit in step 4 first.")
     else:
         st.dataframe(edit_flow.metrics_table(run), hide_index=True, key="learn_metrics")
@@ -102,12 +108,14 @@ elif step.key == "test":
             with ui.guard("Test"):
                 L["after"] = generate_texts(handle, prompts, max_new_tokens=4, with_prompt=False)
         for kind, p, out in zip(kinds, prompts, L.get("after", [])):
-            st.markdown(f"*{kind}* · {ui.escape_md(p)} → **{ui.escape_md(out)}**")
+            said = f"**{ui.escape_md(out.strip())}**" if out.strip() else "(nothing)"
+            st.markdown(f"*{kind}* · {ui.escape_md(p)} → {said}")
         if st.button("Undo the edit", key="learn_undo", help="Leave the model as it was for the next "
                      "student (the History page lists every batch)."):
             with ui.guard("Undo"):
                 loader.get_ledger().revert(run.batch_id, handle)
                 L.pop("run"), L.pop("after", None)
+                L["undone"] = f"Batch {run.batch_id} undone (the History page lists every batch)."
                 st.rerun()
 
 b1, _, b2 = st.columns([1, 4, 1])

@@ -106,7 +106,7 @@ def test_edit_three_rows_then_metrics_and_delta_norm_chart_then_undo(app_model):
     at.button(key="undo").click().run()
     assert not at.exception, at.exception
     assert same_weights(before, weights(handle))
-    assert any("undone (bit-exact)" in x.value for x in at.success)
+    assert any("undone, bit-exact" in x.value for x in at.success)
     # apply the exported patch on the History page → the edited weights again, as a new batch
     at.get("file_uploader")[0].set_value(("p.safetensors", patch_file.read_bytes(),
                                           "application/octet-stream")).run()
