@@ -39,7 +39,8 @@ with st.expander("Upload a CSV or JSON file (CounterFact records too)"):
                                      max_bytes=max_mb * 2**20)
         except Exception as err:  # noqa: BLE001
             ui.show_error(err, f"Upload {up.name}")
-            st.caption("Nothing was added and the model is unchanged. Fix the rows above and upload again.")
+            st.caption("Nothing was added and the model is unchanged. Fix these rows in the file and "
+                       "upload it again.")
         else:
             st.success(f"{len(uploaded)} edit(s) read from {ui.escape_md(up.name)}.")
             b1, b2 = st.columns(2)

@@ -7,7 +7,7 @@ import streamlit as st
 from core.editing import METHODS
 from core.hparams import preset_for
 from core.scaling import compare_methods, demo_pool, run_scaling
-from workbench import edit_flow, state, ui
+from workbench import edit_flow, results_flow, state, ui
 from workbench.charts import scaling as charts
 
 s = state.get()
@@ -26,7 +26,10 @@ c1, c2, c3 = st.columns([1, 2, 1])
 n = c1.number_input("Edits", min_value=1, max_value=1000, value=10, key="cmp_n",
                     help="The first n counterfactual cases of the demo world.")
 methods = c2.multiselect("Methods", methods_all, default=methods_all, key="cmp_methods",
-                         format_func=edit_flow.METHOD_LABELS.get)
+                         format_func=edit_flow.METHOD_LABELS.get,
+                         help="MEMIT: one closed-form update spread over R. ROME: one rank-one "
+                         "update per fact, one after another, in one layer. FT-W: fine-tuning of "
+                         "one layer's weights on the new facts (the paper's constrained baseline).")
 gen = c3.number_input("GE sample", min_value=0, max_value=100, value=5, key="cmp_gen",
                       help="Generation entropy (fluency) is measured on sampled text about the "
                       "first k subjects; 0 skips it.")
@@ -38,7 +41,8 @@ if st.button("Compare", type="primary", key="run_compare", disabled=not methods)
 if s.comparison is not None:
     comp = s.comparison
     st.plotly_chart(charts.comparison_bars(comp.table), key="compare_chart")
-    st.dataframe(comp.table, hide_index=True, key="compare_table")
+    st.dataframe(comp.table, hide_index=True, key="compare_table",
+                 column_config=results_flow.metric_columns(comp.table.columns))
     st.download_button("Comparison CSV", ui.csv_bytes(comp.table), file_name="comparison.csv",
                        mime="text/csv", key="dl_compare", on_click="ignore")
 else:
@@ -49,7 +53,9 @@ st.subheader("Scaling curve")
 st.caption("Score against the number of edits made at once, log scale (cf. Figure 5). "
            "Sequential ROME at 1,000 edits takes minutes.")
 d1, d2 = st.columns(2)
-sizes = d1.multiselect("Batch sizes", [1, 10, 100, 1000], default=[1, 10, 100], key="scale_sizes")
+sizes = d1.multiselect("Batch sizes", [1, 10, 100, 1000], default=[1, 10, 100], key="scale_sizes",
+                       help="Numbers of edits made at once; each size is a fresh batch of the first "
+                       "n demo-world cases on the unedited model (Figure 5 plots these on a log axis).")
 smethods = d2.multiselect("Methods ", methods_all, default=methods_all, key="scale_methods",
                           format_func=edit_flow.METHOD_LABELS.get)
 if st.button("Run scaling", key="run_scaling", disabled=not (sizes and smethods)):
@@ -61,7 +67,8 @@ if s.scaling is not None:
     table = s.scaling
     fig = charts.scaling_figure(table)
     st.plotly_chart(fig, key="scaling_chart")
-    st.dataframe(table, hide_index=True, key="scaling_table")
+    st.dataframe(table, hide_index=True, key="scaling_table",
+                 column_config=results_flow.metric_columns(table.columns))
     e1, e2 = st.columns(2)
     e1.download_button("Scaling CSV", ui.csv_bytes(table), file_name="scaling.csv", mime="text/csv",
                        key="dl_scaling", on_click="ignore")

@@ -87,3 +87,53 @@ def history_table(ledger, base_hash: str) -> pd.DataFrame:
     keep = [c for c in ("id", "time", "method", "edits", "layers", "subjects", "status",
                         "post_ES", "post_PS", "post_NS", "post_S", "seconds") if c in df]
     return df[keep].sort_values("id", ascending=False).reset_index(drop=True)
+
+
+# ---- table headers for people -------------------------------------------------------------------
+
+METRIC_HELP = {
+    "method": ("method", "MEMIT, ROME or FT-W; 'unedited' is the model as it is now, before this "
+               "run's edits (a reference row)."),
+    "n": ("edits", "Edits made at once."),
+    "ES": ("ES %", "Efficacy success: share of edits where the new object beats the true one on "
+           "the edit prompt (Appendix C)."),
+    "PS": ("PS %", "Paraphrase success: the same on paraphrases of the edit prompt (generalisation)."),
+    "NS": ("NS %", "Neighbourhood success: share of prompts about other subjects where the true "
+           "object still wins (specificity)."),
+    "S": ("Score %", "Harmonic mean of ES, PS and NS."),
+    "GE": ("GE bits", "Generation entropy: n-gram entropy of sampled text about edited subjects "
+           "(fluency; it drops when text repeats)."),
+    "RS": ("RS", "Reference score: consistency of generated text with reference texts about the "
+           "new object (n/a where the dataset has none, as in the demo world)."),
+    "EM": ("EM", "Efficacy magnitude: mean P(new) − P(true) on the edit prompt, in points."),
+    "PM": ("PM", "Paraphrase magnitude: the same on paraphrases."),
+    "NM": ("NM", "Neighbourhood magnitude: mean P(true) − P(new) on neighbour prompts."),
+    "NS_outside": ("NS outside %", "NS over neighbour prompts about subjects the batch does not "
+                   "edit at all."),
+    "seconds": ("seconds", "Wall time of the edit and its metrics."),
+    "delta_norm": ("‖ΔW‖", "Frobenius norm of the weight change (largest layer)."),
+    "relative_norm": ("‖ΔW‖/‖W‖", "The change relative to the layer's own weights."),
+    "stored": ("stored", "Median share of each edit its layers could store (MEMIT)."),
+    "layers": ("layers", "The layers edited."),
+    "neighbours_excluded": ("neighbours left out", "Neighbour prompts about subjects the batch "
+                            "edits under the same relation, left out of NS (their true object "
+                            "changes on purpose)."),
+}
+
+
+def metric_columns(columns) -> dict:
+    """st.dataframe column_config for a comparison / scaling table: readable labels, tooltips."""
+    import streamlit as st
+
+    out = {}
+    for c in columns:
+        if c not in METRIC_HELP:
+            continue
+        label, tip = METRIC_HELP[c]
+        if c in ("method", "layers"):
+            out[c] = st.column_config.TextColumn(label, help=tip)
+        else:
+            out[c] = st.column_config.NumberColumn(label, help=tip, format="%.3g" if c in (
+                "delta_norm", "relative_norm", "stored") else "%.1f" if c not in ("n", "neighbours_excluded") else "%d")
+    return out
+
