@@ -10,11 +10,13 @@ real server shares it between browser sessions. Edits are undone by the tests th
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -36,6 +38,16 @@ def save_app_model(path) -> None:
                                        eos_token_id=tok.eos_token_id))
     model.save_pretrained(path)
     tok.save_pretrained(path)
+
+
+@contextlib.contextmanager
+def default_model(name: str):
+    """The app opens with model `name` (WORKBENCH_DEFAULT_MODEL) inside the block; restored after."""
+    from workbench.state import DEFAULT_MODEL_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(DEFAULT_MODEL_ENV, name)
+        yield name
 
 
 def new_app() -> AppTest:

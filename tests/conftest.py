@@ -59,8 +59,7 @@ def demo_key_stats(demo_handle):
 def app_model(tmp_path_factory, request):
     """The model name the AppTest tests' app opens with (demo model, or a tiny model folder)."""
     from core.model import demo_model_dir
-    from tests.app_helpers import save_app_model
-    from workbench.state import DEFAULT_MODEL_ENV
+    from tests.app_helpers import default_model, save_app_model
 
     if demo_model_dir().is_dir():
         request.getfixturevalue("demo_key_stats")       # warm the key-statistics cache first
@@ -68,10 +67,5 @@ def app_model(tmp_path_factory, request):
     else:
         name = str(tmp_path_factory.mktemp("tiny-model"))
         save_app_model(name)
-    old = os.environ.get(DEFAULT_MODEL_ENV)
-    os.environ[DEFAULT_MODEL_ENV] = name
-    yield name
-    if old is None:
-        os.environ.pop(DEFAULT_MODEL_ENV, None)
-    else:
-        os.environ[DEFAULT_MODEL_ENV] = old
+    with default_model(name):
+        yield name

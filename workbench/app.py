@@ -1,8 +1,9 @@
 """MEMIT Workbench — the Streamlit app entry point.
 
 Run with `workbench app` (binds 127.0.0.1) or `streamlit run workbench/app.py`. Pages live in the
-project's `pages/` folder, one user task each; this file only sets up the page, the navigation
-and the sidebar model card.
+project's `pages/` folder, one user task each; this file only sets up the page, the navigation,
+the sidebar (model card, Sessions menu), keeps the session id in the URL (`?session=<id>`, so a
+reload restores the session) and saves the session at the end of every run (see workbench/state.py).
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ def build_navigation():
 
 
 s = state.get()
-nav = build_navigation()
-with st.sidebar:
-    ui.sidebar_card(s)
-nav.run()
+try:
+    # Streamlit drops query parameters on page navigation: put the id back on every run.
+    if st.query_params.get(state.SESSION_PARAM) != s.session_id:
+        st.query_params[state.SESSION_PARAM] = s.session_id
+    nav = build_navigation()
+    with st.sidebar:
+        ui.sidebar_card(s)
+        ui.sessions_menu(s)
+    nav.run()
+finally:                               # also after st.rerun / st.stop / st.switch_page
+    state.save(s)

@@ -1,20 +1,28 @@
 """The app's per-session state: one typed object in `st.session_state`, created once per session.
 
 Every page reads and writes `get()`; nothing else goes into `st.session_state` except widget
-keys. Results (traces, edit runs) live here, per browser session, so two sessions never see each
-other's results. What a user *made* survives a browser reload or an app restart:
-- the edit table draft is written to the workspace (`<workspace>/app/draft.json`) on every change
-  and a new session starts from it;
+keys. Results live here, per browser session, so two sessions never see each other's results.
+Nothing a user made is lost on a reload or an app restart:
+- the whole state — traces, the averaged trace, the chosen layers, edit runs (metrics, ΔW,
+  generations), Evaluate results, the Learn tour, the edit table draft — is saved to
+  `<workspace>/app/sessions/<session id>/` (`state.json` + `tensors.safetensors`, see
+  `workbench.session_store`) at the end of every script run that changed it, and the draft on
+  every edit of the table;
+- the URL carries the id (`?session=<id>`, set by `workbench/app.py` on every run), so a reload
+  restores the session; a session opened without an id starts a new one whose draft is the most
+  recently saved session's draft (or the old `<workspace>/app/draft.json`);
+- the sidebar's Sessions menu reopens an earlier session;
 - applied batches are in the edit ledger (`core.ledger`), which the History page reads.
+Not saved (process-local or derived): the original weights of a run (`RunRecord.applied`; undo
+goes through the ledger), the capacity check, the one-shot flash message.
 The model itself is shared by all sessions (see `workbench.loader`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +30,12 @@ from typing import Any
 import streamlit as st
 
 from core.paths import workspace_dir
+from workbench import session_store
+from workbench.session_store import transient
 
+LOG = logging.getLogger("workbench.state")
 STATE_KEY = "workbench_state"
+SESSION_PARAM = "session"              # the URL query parameter that names the session
 DEFAULT_MODEL_ENV = "WORKBENCH_DEFAULT_MODEL"
 DRAFT_COLUMNS = ["subject", "relation", "prompt", "target_new", "target_true",
                  "paraphrase_prompts", "neighborhood_prompts", "generation_prompts"]
@@ -41,7 +53,7 @@ class RunRecord:
     method: str
     requests: list                        # list[core.requests.EditRequest]
     result: Any                           # core.memit.EditResult
-    applied: Any                          # core.editing.AppliedEdit (None once undone)
+    applied: Any = transient()            # core.editing.AppliedEdit (None once undone; not saved)
     metrics_pre: Any = None               # pandas.DataFrame, per edit, before the edit
     metrics_post: Any = None              # pandas.DataFrame, per edit, after the edit
     generations: Any = None               # pandas.DataFrame: prompt, kind, before, after
@@ -55,7 +67,7 @@ class RunRecord:
 class WorkbenchState:
     """Everything a session has chosen or computed."""
 
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    session_id: str = field(default_factory=session_store.new_id)
     # model choice (the handle itself is cached and shared; see workbench.loader)
     model_name: str = field(default_factory=default_model_name)
     device: str = "auto"
@@ -72,21 +84,23 @@ class WorkbenchState:
     # edit page: the editor shows `draft_base` under a key that changes with `draft_version`
     # (a new base resets the editor); `draft_rows` is the table as the user sees it now.
     draft_rows: list[dict] = field(default_factory=list)
-    draft_base: list[dict] = field(default_factory=list)
+    draft_base: list[dict] = field(default_factory=list, metadata={session_store.SAVED: False})
     draft_version: int = 0
     method: str = "memit"
-    capacity: Any = None                  # DataFrame from edit_flow.capacity_table (derived, not saved)
-    capacity_for: Any = None              # edit_flow.capacity_signature of the batch it was read for
+    capacity: Any = transient()           # DataFrame from edit_flow.capacity_table (derived, not saved)
+    capacity_for: Any = transient()       # edit_flow.capacity_signature of the batch it was read for
     # results
     runs: list[RunRecord] = field(default_factory=list)
     # evaluate page
     comparison: Any = None                # core.scaling.Comparison
     scaling: Any = None                   # DataFrame from core.scaling.run_scaling
     # one-shot message shown after a rerun (e.g. "Batch 3 undone")
-    flash: str | None = None
+    flash: str | None = transient()
     # learn page
     learn_step: int = 0
     learn: dict = field(default_factory=dict)
+    # what the session folder holds now (session_store.Mark; process-local)
+    store_mark: Any = transient()
 
     @property
     def last_run(self) -> RunRecord | None:
@@ -101,14 +115,14 @@ class WorkbenchState:
         self.draft_rows = [clean_row(r) for r in rows]
         self.draft_base = list(self.draft_rows)
         self.draft_version += 1
-        save_draft(self.draft_rows)
+        save(self)
 
     def update_draft(self, rows: list[dict]) -> None:
         """The user edited the table: persist what it shows now (the editor keeps its base)."""
         rows = [clean_row(r) for r in rows]
         if rows != self.draft_rows:
             self.draft_rows = rows
-            save_draft(rows)
+            save(self)
 
 
 def clean_row(row: dict) -> dict:
@@ -120,33 +134,106 @@ def clean_row(row: dict) -> dict:
     return out
 
 
-def draft_path() -> Path:
-    path = workspace_dir() / "app"
-    path.mkdir(parents=True, exist_ok=True)
-    return path / "draft.json"
+# ---- saved sessions ---------------------------------------------------------------------------
+
+def sessions_root() -> Path:
+    return workspace_dir() / "app" / "sessions"
 
 
-def save_draft(rows: list[dict]) -> None:
-    """Atomic write (temp file + rename): a crash never leaves half a draft."""
-    path = draft_path()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".draft-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"rows": rows}, f, indent=1)
-    os.replace(tmp, path)
+def saved_sessions(limit: int | None = None) -> list[tuple[str, float, dict]]:
+    """Saved sessions, most recent first: (id, when saved, `summary()` as saved)."""
+    return session_store.list_sessions(sessions_root(), limit=limit)
 
 
-def load_draft() -> list[dict]:
-    """The last saved draft ([] when none or unreadable)."""
+def legacy_draft_path() -> Path:
+    """The one workspace-wide draft of earlier versions (read once, for a first new session)."""
+    return workspace_dir() / "app" / "draft.json"
+
+
+def load_legacy_draft() -> list[dict]:
     try:
-        data = json.loads(draft_path().read_text())
+        data = json.loads(legacy_draft_path().read_text())
         return [clean_row(r) for r in data.get("rows", []) if isinstance(r, dict)]
     except (OSError, ValueError, AttributeError):
         return []
 
 
+def summary(s: WorkbenchState) -> dict:
+    """What the Sessions menu shows of a saved session."""
+    traces = [s.trace, s.trace_avg, s.learn.get("trace"), *(r.after_trace for r in s.runs)]
+    return {"model": s.model_name, "traces": sum(t is not None for t in traces), "runs": len(s.runs),
+            "draft_rows": len(s.draft_rows), "layers": s.edit_layers,
+            "evaluations": (s.comparison is not None) + (s.scaling is not None)}
+
+
+def save(s: WorkbenchState) -> None:
+    """Write the session to its folder if it changed since the last write; never raises."""
+    try:
+        s.store_mark = session_store.save(s, sessions_root() / s.session_id, s.store_mark, summary(s))
+    except Exception:  # noqa: BLE001 (a failed save must not break the page; the next run retries)
+        LOG.exception("could not save session %s", s.session_id)
+
+
+def new_session() -> WorkbenchState:
+    """A new session; its draft is the most recently saved session's (or the legacy draft).
+
+    Nothing is written until the user changes something."""
+    saved = saved_sessions(limit=1)
+    draft = (session_store.read_field(sessions_root() / saved[0][0], "draft_rows", []) if saved
+             else load_legacy_draft())
+    draft = [clean_row(r) for r in draft if isinstance(r, dict)] if isinstance(draft, list) else []
+    s = WorkbenchState(draft_rows=draft, draft_base=list(draft))
+    s.store_mark = session_store.mark(s)
+    return s
+
+
+def restore(session_id) -> tuple[WorkbenchState | None, list[str]]:
+    """The saved session `session_id` (None when there is none or it cannot be read) and what to
+    tell the user about it."""
+    if not session_store.valid_id(session_id) or not (sessions_root() / session_id).is_dir():
+        return None, []
+    try:
+        loaded = session_store.load(sessions_root() / session_id, WorkbenchState)
+    except Exception as err:  # noqa: BLE001 (SessionError, or a bug: either way a new session, not a crash)
+        LOG.warning("session %s cannot be restored: %s", session_id, err)
+        return None, [f"Saved session {session_id} could not be read ({err}); this is a new session."]
+    s = loaded.obj
+    s.session_id, s.store_mark = session_id, loaded.mark
+    s.draft_base = list(s.draft_rows)                # the editor starts from the table as saved
+    if loaded.problems:
+        LOG.warning("session %s restored without: %s", session_id, "; ".join(loaded.problems))
+        return s, [f"Some results of session {session_id} could not be restored: "
+                   + ", ".join(p.split(" (")[0].removeprefix("state.") for p in loaded.problems)]
+    return s, []
+
+
+def start(session_id=None) -> tuple[WorkbenchState, list[str]]:
+    """The state a new browser session starts with: the saved one its URL names, else a new one."""
+    s, messages = restore(session_id)
+    return (s or new_session()), messages
+
+
 def get() -> WorkbenchState:
-    """This session's state, created on first use (with the persisted draft)."""
+    """This session's state, created on first use (restored when the URL names a saved session)."""
     if STATE_KEY not in st.session_state:
-        draft = load_draft()
-        st.session_state[STATE_KEY] = WorkbenchState(draft_rows=draft, draft_base=list(draft))
+        s, messages = start(st.query_params.get(SESSION_PARAM))
+        st.session_state[STATE_KEY] = s
+        for m in messages:
+            st.toast(m, icon=":material/warning:", duration="long")
     return st.session_state[STATE_KEY]
+
+
+def open_session(session_id: str) -> None:
+    """Switch this browser session to a saved one (a callback: the next run shows it)."""
+    s, messages = restore(session_id)
+    if s is None:
+        st.toast(messages[0] if messages else "That session is no longer saved.", icon=":material/warning:")
+        return
+    if STATE_KEY in st.session_state:
+        save(st.session_state[STATE_KEY])
+    for key in list(st.session_state):               # widgets start over, as after a reload
+        del st.session_state[key]
+    st.session_state[STATE_KEY] = s
+    st.query_params[SESSION_PARAM] = s.session_id
+    for m in messages:
+        st.toast(m, icon=":material/warning:", duration="long")

@@ -17,6 +17,7 @@ import difflib
 import io
 import logging
 import re
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -199,10 +200,50 @@ def sidebar_card(s: state.WorkbenchState) -> None:
     st.caption(f"Edit state: {edit_state_text(handle)}")
 
 
+SESSIONS_SHOWN = 8
+
+
+def sessions_menu(s: state.WorkbenchState) -> None:
+    """A small menu of saved sessions, most recent first, each with Open (lists only while open)."""
+    menu = st.popover("Sessions", icon=":material/folder_open:", key="sessions_menu", on_change="rerun",
+                      help="Each session's traces, edit runs, evaluations, tour progress and edit "
+                      "table are saved in the workspace on every change, under the id in the URL: "
+                      "a reload restores them. Open an earlier session here.")
+    if not menu.open:
+        return
+    with menu:
+        saved = state.saved_sessions(limit=SESSIONS_SHOWN)
+        if not saved:
+            st.caption("Nothing saved yet: a session is saved once you trace, edit or type a row.")
+        for sid, when, summary in saved:
+            text, button = st.columns([4, 1], vertical_alignment="center")
+            text.caption(session_label(when, summary))
+            if sid == s.session_id:
+                button.caption("open now")
+            else:
+                button.button("Open", key=f"open_session_{sid}", on_click=state.open_session, args=(sid,),
+                              type="tertiary", help=f"Continue session {sid} in this tab.")
+
+
+def session_label(when: float, summary: dict) -> str:
+    """'12 Mar 14:03 · demo · 2 traces · R [3, 4] · 1 run · 3 rows' (escaped Markdown)."""
+    parts = [time.strftime("%d %b %H:%M", time.localtime(when))]
+    if isinstance(summary.get("model"), str):
+        parts.append(Path(summary["model"]).name or summary["model"])
+    for key, word in (("traces", "trace"), ("layers", "R"), ("runs", "run"),
+                      ("evaluations", "evaluation"), ("draft_rows", "row")):
+        v = summary.get(key)
+        if key == "layers" and isinstance(v, list) and v:
+            parts.append(f"R {v}")
+        elif isinstance(v, int) and v > 0:
+            parts.append(f"{v} {word}{'' if v == 1 else 's'}")
+    return escape_md(" · ".join(parts))
+
+
 def edit_state_text(handle) -> str:
     """'clean' or 'N batches applied' (from the workspace's edit ledger)."""
     n = loader.applied_batches(handle)
-    return "clean (no edits applied)" if n == 0 else f"{n} edit batch{'es' if n != 1 else ''} applied"
+    return "no edit batches applied" if n == 0 else f"{n} edit batch{'es' if n != 1 else ''} applied"
 
 
 # ---- charts ---------------------------------------------------------------------------------

@@ -1,0 +1,167 @@
+"""The session codec and files (workbench/session_store.py) and the state's save/restore rules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.memit import EditResult
+from core.requests import EditRequest
+from core.tracing import TraceResult
+from workbench import session_store as store
+from workbench import state
+from workbench.state import RunRecord, WorkbenchState
+from workbench.trace_flow import FullTrace
+
+
+def per_edit_frame() -> pd.DataFrame:
+    df = pd.DataFrame({"case": [3, 9], "stored": [0.25, float("nan")], "subject": ["Ann", "Bo"],
+                       "ok": [True, False], "mixed": [[1, 2], None]})
+    df.index = pd.Index([10, 20], name="row")
+    return df
+
+
+def sample_state() -> WorkbenchState:
+    req = EditRequest(prompt="{} plays the", subject="Ann", target_new="chess",
+                      paraphrase_prompts=("Ann is a player of",))
+    result = EditResult(method="memit", layers=[1, 2],
+                        deltas={1: torch.randn(5, 4), 2: torch.randn(5, 4, dtype=torch.float16)},
+                        delta_norms={1: 0.5, 2: float("inf")}, relative_norms={1: 0.1, 2: float("nan")},
+                        per_edit=per_edit_frame(), timings={"total": 1.5}, hparams={"layers": [1, 2]},
+                        requests=[req])
+    run = RunRecord(method="memit", requests=[req], result=result, applied=object(),
+                    metrics_pre=per_edit_frame(), batch_id=7, model_key=("demo", "cpu", "auto", False))
+    grid = TraceResult(prompt="Ann plays the", subject="Ann", kind="mlp",
+                       scores=np.arange(12, dtype=np.float32).reshape(4, 3), clean_prob=0.9,
+                       corrupted_prob=0.1, tokens=["Ann", " plays", " the", "!"], subject_span=(0, 1),
+                       answer=" chess", answer_id=42, settings={"noise": 3.0, "window": None})
+    trace = FullTrace(grids={"mlp": grid}, severed=None, suggestion=None)
+    return WorkbenchState(trace=trace, edit_layers=[1, 2], runs=[run], learn={"run": run, "step": {(1, 2): "x"}},
+                          draft_rows=[{"subject": "Ann"}], capacity=per_edit_frame(), flash="Batch 3 undone")
+
+
+def test_round_trip_keeps_tensors_frames_keys_and_shared_objects(tmp_path):
+    s = sample_state()
+    store.save(s, tmp_path)
+    back = store.load(tmp_path, WorkbenchState)
+    assert back.problems == []
+    got, run = back.obj, s.runs[0]
+    r = got.runs[0]
+    assert r.result.deltas.keys() == {1, 2}                                   # int keys
+    assert r.result.deltas[2].dtype == torch.float16                          # dtype kept
+    for i in (1, 2):
+        assert torch.equal(r.result.deltas[i], run.result.deltas[i])
+    assert r.result.delta_norms[2] == float("inf") and np.isnan(r.result.relative_norms[2])
+    pd.testing.assert_frame_equal(r.result.per_edit, per_edit_frame())      # NaN, dtypes, index
+    pd.testing.assert_frame_equal(r.metrics_pre, per_edit_frame())
+    assert r.model_key == ("demo", "cpu", "auto", False) and r.batch_id == 7
+    assert r.requests[0] == run.requests[0] and r.requests[0].paraphrase_prompts == ("Ann is a player of",)
+    assert got.learn["run"] is r and r.requests[0] is r.result.requests[0]   # one object, as before
+    assert got.learn["step"] == {(1, 2): "x"}                                 # tuple key
+    grid = got.trace.grids["mlp"]
+    assert grid.scores.dtype == np.float32 and np.array_equal(grid.scores, s.trace.grids["mlp"].scores)
+    assert grid.subject_span == (0, 1) and grid.settings == {"noise": 3.0, "window": None}
+    assert got.edit_layers == [1, 2] and got.draft_rows == [{"subject": "Ann"}]
+    # process-local or derived: not saved, back as their defaults
+    assert r.applied is None and got.capacity is None and got.flash is None
+    text = (tmp_path / store.STATE_FILE).read_text()
+    assert "Batch 3 undone" not in text and "applied" not in text
+
+
+def test_save_writes_only_what_changed(tmp_path):
+    s = sample_state()
+    first = store.save(s, tmp_path)
+    tensors = tmp_path / store.TENSOR_FILE
+    (tmp_path / store.STATE_FILE).unlink()
+    assert store.save(s, tmp_path, first) is first                        # unchanged: nothing written
+    assert not (tmp_path / store.STATE_FILE).exists()
+    s.edit_layers = [2]
+    stamp = tensors.stat().st_mtime_ns
+    second = store.save(s, tmp_path, first)
+    assert store.load(tmp_path, WorkbenchState).obj.edit_layers == [2]
+    assert second.token == first.token and tensors.stat().st_mtime_ns == stamp   # same tensors kept
+    s.runs[0].result.deltas[1].add_(1.0)                                   # in place: a new version
+    third = store.save(s, tmp_path, second)
+    assert third.token != second.token
+    assert torch.equal(store.load(tmp_path, WorkbenchState).obj.runs[0].result.deltas[1],
+                       s.runs[0].result.deltas[1])
+
+
+def test_corrupt_session_starts_fresh_with_a_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    s = sample_state()
+    state.save(s)
+    folder = state.sessions_root() / s.session_id
+    assert state.restore(s.session_id)[0].edit_layers == [1, 2]
+    (folder / store.TENSOR_FILE).write_bytes(b"not safetensors")            # tensors lost: the rest stays
+    partial, messages = state.restore(s.session_id)
+    assert partial.edit_layers == [1, 2] and partial.runs == []
+    assert len(messages) == 1 and "runs" in messages[0]
+    (folder / store.STATE_FILE).write_text('{"format": 1, "state": {"__dc__": [')   # truncated JSON
+    fresh, messages = state.start(s.session_id)
+    assert fresh.session_id != s.session_id and fresh.runs == [] and fresh.trace is None
+    assert len(messages) == 1 and "could not be read" in messages[0]
+    fresh, messages = state.start("../" + s.session_id[3:])                # not an id: never a path
+    assert messages == [] and store.valid_id(fresh.session_id)
+
+
+def test_classes_outside_the_project_are_refused_unimported(tmp_path):
+    assert "tabnanny" not in sys.modules
+    s = WorkbenchState(edit_layers=[3])
+    store.save(s, tmp_path)
+    data = json.loads((tmp_path / store.STATE_FILE).read_text())
+    data["state"]["fields"]["trace"] = {"__dc__": ["tabnanny", "NannyNag"], "id": 99, "fields": {}}
+    (tmp_path / store.STATE_FILE).write_text(json.dumps(data))
+    back = store.load(tmp_path, WorkbenchState)
+    assert back.obj.trace is None and back.obj.edit_layers == [3]
+    assert len(back.problems) == 1 and "refused" in back.problems[0]
+    assert "tabnanny" not in sys.modules
+    for module, name in [("workbench.app", "x"), ("os", "system"), ("core.memit", "torch"),
+                         ("core.memit", "EditResult.__init__")]:
+        with pytest.raises(store.SessionError, match="refused"):
+            store.resolve_class(module, name)
+    data["state"]["__dc__"] = ["tabnanny", "NannyNag"]                      # the whole file
+    (tmp_path / store.STATE_FILE).write_text(json.dumps(data))
+    with pytest.raises(store.SessionError, match="refused"):
+        store.load(tmp_path, WorkbenchState)
+    assert "tabnanny" not in sys.modules
+
+
+@dataclass
+class Foreign:                          # a dataclass of another module: never written, never read
+    name: str = ""
+
+
+def test_a_value_the_codec_cannot_write_drops_only_its_field(tmp_path, caplog):
+    run = RunRecord(method="ft", requests=[], result=None, after_trace=object(), seconds=2.5)
+    s = WorkbenchState(runs=[run], learn={"x": Foreign("a")}, edit_layers=[1])
+    with caplog.at_level(logging.WARNING, logger="workbench.session_store"):
+        store.save(s, tmp_path)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "runs[0].after_trace: builtins.object" in logged and "learn['x']" in logged
+    back = store.load(tmp_path, WorkbenchState).obj
+    assert (back.runs[0].method, back.runs[0].seconds, back.runs[0].after_trace) == ("ft", 2.5, None)
+    assert back.learn == {} and back.edit_layers == [1]
+
+
+def test_new_session_starts_from_the_latest_draft(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    legacy = state.legacy_draft_path()
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    legacy.write_text(json.dumps({"rows": [{"subject": "Old", "target_new": "x"}]}))
+    first = state.new_session()
+    assert [r["subject"] for r in first.draft_rows] == ["Old"]
+    assert not state.sessions_root().exists()                               # nothing made, nothing saved
+    first.set_draft([{"subject": "Mine"}])
+    other = state.new_session()
+    assert [r["subject"] for r in other.draft_rows] == ["Mine"]
+    other.set_draft([{"subject": "Theirs"}])                               # its own folder
+    assert [r["subject"] for r in state.restore(first.session_id)[0].draft_rows] == ["Mine"]
+    assert [r["subject"] for r in state.restore(other.session_id)[0].draft_rows] == ["Theirs"]
