@@ -26,18 +26,21 @@ if table.empty:
     ui.empty_state("No batches yet for this model. Run an edit on the Edit page, or apply a patch "
                    "below.", "edit", "Go to Edit facts")
 else:
-    st.dataframe(table, hide_index=True, key="history_table",
-                 column_config={"post_S": st.column_config.NumberColumn("Score S after", format="%.1f")})
+    after = {f"post_{k}": st.column_config.NumberColumn(f"{label} after", format="%.1f", help=tip)
+             for k, (label, tip) in ((k, results_flow.METRIC_HELP[k]) for k in ("ES", "PS", "NS", "S"))}
+    st.dataframe(table, hide_index=True, key="history_table", column_config=after)
     applied = table[table["status"] == "applied"]["id"].tolist()
     c1, c2 = st.columns(2)
     with c1:
         st.markdown("**Undo the last batch**")
-        st.caption("Puts the weights back bit for bit.")
+        st.caption("Restores the weights saved before it, bit for bit — unless an earlier batch "
+                   "was reverted since (then its ΔW is subtracted and the drift is reported).")
         if st.button("Undo last batch", key="undo", disabled=not applied, type="primary"):
             with ui.guard("Undo"):
                 report = ledger.undo(handle)
-                s.flash = (
-                    f"Batch {report.batch_id} undone ({'bit-exact' if report.exact else 'approximate'}).")
+                s.flash = (f"Batch {report.batch_id} undone, bit-exact." if report.exact else
+                           f"Batch {report.batch_id} undone by subtracting its ΔW: the weights differ "
+                           f"from an exact replay by at most {report.max_drift:.2e} (rounding).")
                 st.rerun()
     with c2:
         st.markdown("**Revert an earlier batch**")

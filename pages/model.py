@@ -49,8 +49,10 @@ facts = ui.model_facts(handle)
 cols = st.columns(4)
 for i, (label, value) in enumerate(list(facts.items())[:4]):
     cols[i].metric(label, value)
-st.dataframe({"property": list(facts), "value": [str(v) for v in facts.values()]},
-             hide_index=True, width="content")
+rest = list(facts.items())[4:]              # the first four are the metrics above
+if rest:
+    st.dataframe({"property": [k for k, _ in rest], "value": [str(v) for _, v in rest]},
+                 hide_index=True, width="stretch")
 st.markdown(f"**Edit state:** {ui.edit_state_text(handle)}")
 if info.replay and info.replay.batch_ids:
     st.caption(f"Replayed {len(info.replay.batch_ids)} batch(es) from the workspace history when "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 from workbench import edit_flow, loader, results_flow, state, trace_flow, ui
@@ -35,10 +37,14 @@ st.subheader("Metrics before → after")
 table = edit_flow.metrics_table(run)
 cols = st.columns(4)
 for col, (_, row) in zip(cols, table.head(4).iterrows()):
-    col.metric(row["metric"].split(" (")[0], f"{row['after']:.1f}",
-               delta=f"{row['after'] - row['before']:+.1f}", help="Percent of edits (CounterFact "
-               "criteria, Appendix C): the new object beats the true one (ES, PS); the true one "
-               "still wins for other subjects (NS); S is their harmonic mean.")
+    has_after = isinstance(row["after"], float) and math.isfinite(row["after"])
+    known = has_after and isinstance(row["before"], float) and math.isfinite(row["before"])
+    col.metric(row["metric"].split(" (")[0], f"{row['after']:.1f}" if has_after else "n/a",
+               delta=f"{row['after'] - row['before']:+.1f}" if known else None,
+               help="Percent of edits (CounterFact criteria, Appendix C): the new object beats "
+               "the true one (ES, PS); the true one still wins for other subjects (NS); S is their "
+               "harmonic mean. n/a: the edits have no true object (or no paraphrase / neighbour "
+               "prompts) to score with.")
 st.dataframe(table, hide_index=True, key="metrics_table",
              column_config={c: st.column_config.NumberColumn(c, format="%.1f") for c in ("before", "after")})
 with st.expander(f"Per-edit rows ({len(run.requests)})"):
@@ -49,21 +55,27 @@ with st.expander(f"Per-edit rows ({len(run.requests)})"):
                      "had room; it falls when many keys crowd the layer or λ is large.")})
 
 st.subheader("Weight change per layer")
-st.caption("‖ΔW‖ of each edited MLP output matrix, absolute and relative to ‖W‖. MEMIT spreads "
-           "the change over R; ROME and FT-W put it all in one layer.")
+st.caption("‖ΔW‖ of each edited MLP output matrix, absolute and relative to ‖W‖, and how much "
+           "the layer's output on ordinary text changes (RMS over the corpus keys C: what Eq. 9 "
+           "charges an edit; a large ‖ΔW‖ in key directions the corpus never uses changes little). "
+           "MEMIT spreads the change over R; ROME and FT-W put it all in one layer.")
 norm_fig = edit_charts.delta_norm_chart(run.result)
 st.plotly_chart(norm_fig, key="delta_norms")
 if edit_flow.size_warning(run.result):
     st.warning(edit_flow.size_warning(run.result), icon=":material/warning:")
+if edit_flow.size_note(run.result):
+    st.info(edit_flow.size_note(run.result), icon=":material/info:")
 if edit_flow.capacity_warning(run.result):
     st.warning(edit_flow.capacity_warning(run.result), icon=":material/warning:")
 if "delta_norm" in run.result.per_edit:
     st.plotly_chart(edit_charts.contribution_chart(run.result), key="per_edit_chart")
 
 st.subheader("Generations before → after")
-st.caption("Greedy continuations of the edited subjects and of a neighbour each; words that "
-           "changed are highlighted.")
 pairs = results_flow.generation_pairs(run)
+st.caption("Greedy continuations of the edited subjects"
+           + (" and of a neighbour each" if (pairs["kind"] != "subject").any() else
+              " (the rows have no neighbourhood prompts, so no neighbours are shown)")
+           + "; words that changed are highlighted.")
 for _, g in pairs.iterrows():
     st.markdown(f"**{ui.escape_md(g['prompt'])}** · {g['kind']}")
     b, a = st.columns(2)

@@ -117,7 +117,7 @@ def test_edit_three_rows_then_metrics_and_delta_norm_chart_then_undo(app_model):
     at.button(key="undo").click().run()
     assert same_weights(before, weights(handle))
     at.switch_page("../pages/model.py").run()
-    assert any("clean" in m.value for m in at.markdown if "Edit state" in m.value)
+    assert any("no edit batches applied" in m.value for m in at.markdown if "Edit state" in m.value)
 
 def test_upload_counterfact_records_fill_the_table(app_model):
     from core.world_io import world_dir

@@ -28,6 +28,9 @@ def test_model_page_shows_card(app_model):
     assert metrics["Hidden width (d_model)"] == str(handle.d_model)
     assert metrics["MLP width (d_mlp)"] == str(handle.d_mlp)
     assert metrics["Family"] == "gpt2"
+    rest = at.dataframe[0].value                       # the other facts, each shown once
+    assert "Family" not in list(rest["property"])
+    assert dict(zip(rest["property"], rest["value"]))["Edited module"] == handle.info()["mlp_out_path"]
 
 
 def test_model_page_bad_folder_is_readable_and_keeps_model(app_model):

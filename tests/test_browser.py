@@ -193,6 +193,6 @@ def test_trace_edit_results_in_a_real_browser(server, page):
     # the history lists the batch; undo brings the model back to clean
     nav(page, "History")
     page.get_by_role("button", name="Undo last batch").click()
-    page.get_by_text("undone (bit-exact)").wait_for()
+    page.get_by_text("undone, bit-exact").wait_for()
     assert page.get_by_text("no edit batches applied").first.is_visible()
     (ARTIFACTS / "timings.json").write_text(json.dumps(TIMINGS, indent=1) + "\n")

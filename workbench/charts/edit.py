@@ -40,7 +40,7 @@ def delta_norm_chart(result, title: str | None = None) -> go.Figure:
     for col in range(1, len(panels) + 1):
         fig.update_xaxes(title_text="layer (W_out of the MLP)", tickmode="array", tickvals=layers,
                          row=1, col=col)
-    fig.update_layout(title=title or f"Weight change per layer ({result.method.upper()}, "
+    fig.update_layout(title=title or f"Weight change norms per layer ({result.method.upper()}, "
                       f"{len(result.requests)} edits)", showlegend=False, template="plotly_white",
                       height=340, width=380 * len(panels))
     return fig
