@@ -41,7 +41,12 @@ def find_subject_chars(prompt: str, subject: str, occurrence: int = 0) -> tuple[
     for _ in range(occurrence + 1):
         start = prompt.find(subject, start + 1)
         if start < 0:
-            raise BadInputError(f"'{subject}' does not occur in the prompt '{prompt}'", field="subject")
+            hint = ""
+            at = prompt.lower().find(subject.lower())
+            if at >= 0 and occurrence == 0:         # matching is exact: say what would match
+                hint = f" (with other capitalisation it does: '{prompt[at:at + len(subject)]}')"
+            raise BadInputError(f"'{subject}' does not occur in the prompt '{prompt}'{hint}",
+                                field="subject")
     return start, start + len(subject)
 
 

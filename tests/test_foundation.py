@@ -160,8 +160,11 @@ def test_left_padding_shifts_spans():
 
 def test_subject_errors():
     tok = make_tokenizer()
-    with pytest.raises(BadInputError, match="subject.*does not occur"):
+    with pytest.raises(BadInputError, match="subject.*does not occur") as err:
         locate_subject(tok, "Miles Davis plays", "Coltrane")
+    assert "capitalisation" not in str(err.value)
+    with pytest.raises(BadInputError, match="other capitalisation it does: 'Miles Davis'"):
+        locate_subject(tok, "Miles Davis plays", "miles davis")
     with pytest.raises(BadInputError, match="prompt"):
         locate_subject(tok, "", "x")
     with pytest.raises(BadInputError, match="subject"):
