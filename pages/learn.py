@@ -88,10 +88,10 @@ elif step.key == "edit":
     if "run" in L:
         st.success(f"Edited layers {L['run'].result.layers} (batch {L['run'].batch_id}). "
                    "Go to step 5 to test it.", icon=":material/check_circle:")
-        if edit_flow.size_warning(L["run"].result):
-            st.warning(edit_flow.size_warning(L["run"].result), icon=":material/warning:")
-        if edit_flow.size_note(L["run"].result):
-            st.info(edit_flow.size_note(L["run"].result), icon=":material/info:")
+        if warning := edit_flow.size_warning(L["run"].result):
+            st.warning(warning, icon=":material/warning:")
+        if note := edit_flow.size_note(L["run"].result):
+            st.info(note, icon=":material/info:")
 elif step.key == "test":
     run = L.get("run")
     if run is None:

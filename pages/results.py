@@ -61,10 +61,10 @@ st.caption("‖ΔW‖ of each edited MLP output matrix, absolute and relative to
            "MEMIT spreads the change over R; ROME and FT-W put it all in one layer.")
 norm_fig = edit_charts.delta_norm_chart(run.result)
 st.plotly_chart(norm_fig, key="delta_norms")
-if edit_flow.size_warning(run.result):
-    st.warning(edit_flow.size_warning(run.result), icon=":material/warning:")
-if edit_flow.size_note(run.result):
-    st.info(edit_flow.size_note(run.result), icon=":material/info:")
+if warning := edit_flow.size_warning(run.result):
+    st.warning(warning, icon=":material/warning:")
+if note := edit_flow.size_note(run.result):
+    st.info(note, icon=":material/info:")
 if edit_flow.capacity_warning(run.result):
     st.warning(edit_flow.capacity_warning(run.result), icon=":material/warning:")
 if "delta_norm" in run.result.per_edit:

@@ -69,3 +69,18 @@ def app_model(tmp_path_factory, request):
         save_app_model(name)
     with default_model(name):
         yield name
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    """CLI editing tests: the CLI loads a tiny GPT-2, with a small corpus and its own workspace."""
+    import workbench.cli.common as common
+    from tests.memit_helpers import write_corpus
+    from tests.tiny import make_tiny_handle
+
+    handle = make_tiny_handle("gpt2")
+    monkeypatch.setattr(common, "load_from_args", lambda args: handle)
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    opts = ["--layers", "0,1", "--steps", "3", "--corpus", corpus, "--n-samples", "50",
+            "--workspace", str(tmp_path / "ws")]
+    return handle, opts, tmp_path

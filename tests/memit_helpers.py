@@ -46,3 +46,9 @@ def assert_unchanged(handle, snap: dict[str, torch.Tensor]) -> None:
     assert set(now) == set(snap)
     changed = [k for k, v in snap.items() if not same_bits(now[k], v)]
     assert not changed, f"changed: {changed}"
+
+
+# CSV of two good edits (and their true objects) for the CLI tests
+GOOD_CSV = ("subject,relation,object,true_object\n"
+            "Miles Davis,{} plays the,chess,trumpet\n"
+            "Norvania,The capital of {} is,Rome,Keldport\n")

@@ -18,6 +18,7 @@ from core.tracing import TraceResult
 from workbench import session_store as store
 from workbench import state
 from workbench.state import RunRecord, WorkbenchState
+from workbench.state_codec import resolve_class
 from workbench.trace_flow import FullTrace
 
 
@@ -126,7 +127,7 @@ def test_classes_outside_the_project_are_refused_unimported(tmp_path):
     for module, name in [("workbench.app", "x"), ("os", "system"), ("core.memit", "torch"),
                          ("core.memit", "EditResult.__init__")]:
         with pytest.raises(store.SessionError, match="refused"):
-            store.resolve_class(module, name)
+            resolve_class(module, name)
     data["state"]["__dc__"] = ["tabnanny", "NannyNag"]                      # the whole file
     (tmp_path / store.STATE_FILE).write_text(json.dumps(data))
     with pytest.raises(store.SessionError, match="refused"):

@@ -31,7 +31,7 @@ import streamlit as st
 
 from core.paths import workspace_dir
 from workbench import session_store
-from workbench.session_store import transient
+from workbench.state_codec import SAVED, transient
 
 LOG = logging.getLogger("workbench.state")
 STATE_KEY = "workbench_state"
@@ -84,7 +84,7 @@ class WorkbenchState:
     # edit page: the editor shows `draft_base` under a key that changes with `draft_version`
     # (a new base resets the editor); `draft_rows` is the table as the user sees it now.
     draft_rows: list[dict] = field(default_factory=list)
-    draft_base: list[dict] = field(default_factory=list, metadata={session_store.SAVED: False})
+    draft_base: list[dict] = field(default_factory=list, metadata={SAVED: False})
     draft_version: int = 0
     method: str = "memit"
     capacity: Any = transient()           # DataFrame from edit_flow.capacity_table (derived, not saved)

@@ -110,13 +110,12 @@ def trace_dict(full: FullTrace) -> dict:
 
 
 def _json_bytes(obj) -> bytes:
-    import io
+    """Strict JSON (NaN / inf as null), as the CLI's `--json` writes it."""
+    import json
 
-    from workbench.cli.common import write_json
+    from core.ledger_io import json_safe
 
-    buf = io.StringIO()
-    write_json(obj, "-", stream=buf)          # strict JSON: NaN / inf as null
-    return buf.getvalue().encode()
+    return (json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n").encode()
 
 
 def trace_json(full: FullTrace) -> bytes:

@@ -75,19 +75,14 @@ def load_from_args(args):
                       key_room=not args.no_key_room)
 
 
-def _clean(obj):
-    """JSON-safe: NaN/inf become null, tuples lists, numpy/torch scalars floats."""
-    from core.ledger_io import json_safe
-
-    return json_safe(obj)
-
-
 def write_json(result, target: str | None, stream=None) -> None:
     """Write `result` as JSON to `target` (a path or '-' for `stream`, default stdout); nothing
     when target is None. Strict JSON: NaN and infinities are written as null."""
     if target is None:
         return
-    text = json.dumps(_clean(result), indent=2, allow_nan=False)
+    from core.ledger_io import json_safe
+
+    text = json.dumps(json_safe(result), indent=2, allow_nan=False)
     if target == "-":
         (stream or sys.stdout).write(text + "\n")
     else:
