@@ -152,6 +152,35 @@ def test_scaling_and_comparison_charts():
     assert list(bars.data[2].y) == [60.0, 50.0, 55.0, 55.0]
 
 
+def test_scaling_figure_ticks_at_measured_sizes_and_titles_fit():
+    import pandas as pd
+
+    from workbench.charts.scaling import PANEL_TITLES, scaling_figure
+
+    sizes = [1, 10, 100, 1000]
+    df = pd.DataFrame([{"method": m, "n": n, "ES": 90.0, "PS": 80.0, "NS": 70.0, "S": 80.0, "GE": 6.0,
+                        "stored": 95.0 if m == "memit" else None}
+                       for n in reversed(sizes) for m in ("unedited", "memit")])
+    fig = scaling_figure(df)
+    axes = [fig.layout[f"xaxis{i if i > 1 else ''}"] for i in range(1, 7)]
+    for ax in axes:                                   # the sizes run, plain labels, never rotated
+        assert ax.type == "log" and ax.tickmode == "array" and ax.tickangle == 0
+        assert list(ax.tickvals) == sizes and list(ax.ticktext) == ["1", "10", "100", "1,000"]
+    # six panels: two rows of three; the x title only under the bottom row
+    assert [ax.title.text for ax in axes] == [None] * 3 + ["number of edits"] * 3
+    assert fig.layout.xaxis4.domain[0] == 0 and fig.layout.yaxis4.domain[1] < fig.layout.yaxis.domain[0]
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == [PANEL_TITLES[m] for m in ("ES", "PS", "NS", "S", "GE", "stored")]
+    assert max(len(t) for t in titles) <= 22
+    # room above the top panels for the figure title and the subplot titles, below for the legend
+    assert fig.layout.margin.t >= 100 and fig.layout.margin.b >= 80
+    assert fig.layout.legend.yref == "container"
+    # the sizes actually measured, not a fixed list; a single panel stays one row
+    fig = scaling_figure(df[df["n"].isin([10, 100])], metrics=("ES",))
+    assert list(fig.layout.xaxis.tickvals) == [10, 100] and "xaxis2" not in fig.layout
+    assert fig.layout.xaxis.title.text == "number of edits"
+
+
 def test_neighbours_edited_in_the_same_batch_are_left_out_of_ns(tiny_handle, hp):
     same_relation = [
         EditRequest(prompt="{} plays the", subject="Miles Davis", target_new="chess", target_true="trumpet",

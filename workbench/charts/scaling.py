@@ -24,6 +24,12 @@ METRIC_TITLES = {"ES": "Efficacy (ES)", "PS": "Generalization (PS)", "NS": "Spec
                  "NS_outside": "Specificity, subjects outside the batch (NS)",
                  "S": "Score (S)", "GE": "Fluency (GE, bits)", "RS": "Consistency (RS)",
                  "seconds": "Time to compute (s)", "stored": "Stored share (MEMIT, %)"}
+# Panel titles short enough for a panel a quarter of the page wide; the long names above go in
+# the hover text.
+PANEL_TITLES = {"ES": "Efficacy ES", "PS": "Generalization PS", "NS": "Specificity NS",
+                "NS_outside": "NS, outside batch", "S": "Score S", "GE": "Fluency GE (bits)",
+                "RS": "Consistency RS", "seconds": "Time (s)", "stored": "Stored share % (MEMIT)"}
+PANELS_PER_ROW = 4
 
 
 def _style(method: str) -> dict:
@@ -35,17 +41,32 @@ def _present(df: pd.DataFrame, metrics) -> list[str]:
     return [m for m in metrics if m in df and pd.to_numeric(df[m], errors="coerce").notna().any()]
 
 
+def log_ticks(values) -> tuple[list, list[str]]:
+    """Tick positions and plain labels for a log x axis: exactly the batch sizes measured
+    (1, 10, 100, 1000, …), not plotly's 1 2 5 10 2 5 … minor labels."""
+    ns = sorted({int(v) for v in pd.to_numeric(pd.Series(list(values)), errors="coerce").dropna() if v > 0})
+    return ns, [f"{n:,}" for n in ns]
+
+
 def scaling_figure(df: pd.DataFrame, metrics=("ES", "PS", "NS", "S", "GE", "stored"),
                    title: str | None = None) -> go.Figure:
     """One panel per metric: value against number of edits n (log x), one line per method that
     has values there (`stored`, the share of its residual MEMIT's most crowded layer could keep,
-    exists for MEMIT only: it shows the layers filling up as n grows)."""
+    exists for MEMIT only: it shows the layers filling up as n grows).
+
+    At most four panels per row (six metrics: two rows of three), so each panel keeps room for
+    its title and its x ticks, which sit at the measured batch sizes only."""
     metrics = _present(df, metrics) or ["ES"]
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[METRIC_TITLES.get(m, m) for m in metrics],
-                        horizontal_spacing=0.06)
+    rows = math.ceil(len(metrics) / PANELS_PER_ROW)
+    cols = math.ceil(len(metrics) / rows)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[PANEL_TITLES.get(m, m) for m in metrics],
+                        horizontal_spacing=0.22 / cols, vertical_spacing=0.3 / rows)
     methods = [m for m in dict.fromkeys(df["method"]) if m != REFERENCE] + \
               ([REFERENCE] if (df["method"] == REFERENCE).any() else [])
-    for col, metric in enumerate(metrics, start=1):
+    tickvals, ticktext = log_ticks(df["n"])
+    for i, metric in enumerate(metrics):
+        row, col = divmod(i, cols)
+        row, col = row + 1, col + 1
         for method in methods:
             part = df[df["method"] == method].sort_values("n")
             if pd.to_numeric(part[metric], errors="coerce").isna().all():
@@ -53,16 +74,23 @@ def scaling_figure(df: pd.DataFrame, metrics=("ES", "PS", "NS", "S", "GE", "stor
             style = _style(method)
             fig.add_trace(go.Scatter(
                 x=part["n"], y=pd.to_numeric(part[metric], errors="coerce"), mode="lines+markers",
-                name=style["name"], legendgroup=method, showlegend=col == 1,
+                name=style["name"], legendgroup=method, showlegend=i == 0,
                 line={"color": style["color"], "dash": style.get("dash", "solid")},
-                hovertemplate=f"{style['name']}<br>n=%{{x}}<br>{metric}=%{{y:.1f}}<extra></extra>"),
-                row=1, col=col)
-        fig.update_xaxes(type="log", title_text="number of edits", row=1, col=col)
-        if metric in ("ES", "PS", "NS", "S", "stored"):
-            fig.update_yaxes(range=[0, 102], row=1, col=col)
+                hovertemplate=f"{style['name']}<br>n=%{{x}}<br>{METRIC_TITLES.get(metric, metric)}"
+                              "=%{y:.1f}<extra></extra>"),
+                row=row, col=col)
+        last_row = i + cols >= len(metrics)            # no panel below: name the axis here
+        fig.update_xaxes(type="log", tickmode="array", tickvals=tickvals, ticktext=ticktext, tickangle=0,
+                         minor={"showgrid": False}, title_text="number of edits" if last_row else None,
+                         row=row, col=col)
+        if metric in ("ES", "PS", "NS", "NS_outside", "S", "stored"):
+            fig.update_yaxes(range=[0, 102], row=row, col=col)
+    fig.update_annotations(font_size=14)               # the subplot titles
     fig.update_layout(title=title or "Editing performance against number of edits (cf. Figure 5)",
-                      height=380, width=max(600, 300 * len(metrics)), template="plotly_white",
-                      legend={"orientation": "h", "y": -0.25})
+                      height=80 + 280 * rows + 70, width=max(600, 280 * cols), template="plotly_white",
+                      margin={"t": 110, "b": 100, "l": 60, "r": 30},
+                      legend={"orientation": "h", "yref": "container", "y": 0.02, "yanchor": "bottom",
+                              "x": 0, "xanchor": "left"})
     return fig
 
 
