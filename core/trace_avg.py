@@ -15,6 +15,9 @@ further tokens are averaged per token instance). The severed-path curves at the 
 token are averaged too; their gap picks the suggested edit range (`core.layer_select`).
 The noise σ is the std of the subject-token embeddings over all facts used (the reference's
 `collect_embedding_std`), so every fact gets the same noise level.
+Exact duplicates (same prompt, subject and attribute; ROME's known_1000.json lists one fact
+twice under two known_ids) are dropped first, keeping the first: each fact counts once, and
+`n` counts distinct facts.
 """
 
 from __future__ import annotations
@@ -69,6 +72,18 @@ def load_facts(path) -> list[Fact]:
     return facts
 
 
+def drop_duplicates(facts: list[Fact]) -> tuple[list[Fact], int]:
+    """The facts with exact repeats of (prompt, subject, answer) removed, first kept, order
+    unchanged (the known_id is not part of the key), and how many were removed."""
+    seen, out = set(), []
+    for f in facts:
+        key = (f.prompt, f.subject, f.answer)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out, len(facts) - len(out)
+
+
 def token_categories(span: tuple[int, int], n_tokens: int) -> dict[str, list[int]]:
     """Token indices of each category for one prompt (see module docstring)."""
     s0, s1 = span
@@ -111,6 +126,7 @@ class AveragedTrace:
     severed: AveragedSevered | None = None
     suggestion: LayerSuggestion | None = None
     known_ids: list = field(default_factory=list)
+    n_duplicates: int = 0                 # exact repeats of a fact dropped before anything else
 
     def to_dict(self) -> dict:
         d = {
@@ -119,6 +135,7 @@ class AveragedTrace:
             "effects": {k: {c: v.tolist() for c, v in cats.items()} for k, cats in self.effects.items()},
             "counts": dict(self.counts),
             "n_skipped_wrong": self.n_skipped_wrong, "n_skipped_invalid": self.n_skipped_invalid,
+            "n_duplicates": self.n_duplicates,
             "clean_prob": self.clean_prob, "corrupted_prob": self.corrupted_prob,
             "sigma": self.sigma, "settings": dict(self.settings), "known_ids": list(self.known_ids),
         }
@@ -171,9 +188,10 @@ def subject_embedding_std(handle, facts: list[Fact]) -> float:
 def average_traces(handle, facts: list[Fact], *, n: int | None = None, kinds=KINDS,
                    settings: TraceSettings | None = None, severed: bool = True,
                    layer_range_size: int | None = None, progress=None) -> AveragedTrace:
-    """Average indirect effects over (up to) `n` facts the model knows.
+    """Average indirect effects over (up to) `n` distinct facts the model knows.
 
-    progress(done, total, phase) is called after the filter ("checking facts") and after each
+    Exact duplicates in `facts` are dropped first (`drop_duplicates`); the skip counts are of
+    the distinct facts. progress(done, total, phase) is called after the filter ("checking facts") and after each
     traced fact ("tracing").
     """
     kinds = [check_kind(k) for k in kinds]
@@ -182,6 +200,7 @@ def average_traces(handle, facts: list[Fact], *, n: int | None = None, kinds=KIN
         raise BadInputError(f"must be an integer ≥ 1, got {n}", field="n")
     if not facts:
         raise BadInputError("no facts given", field="facts")
+    facts, n_duplicates = drop_duplicates(facts)
     mask = known_mask(handle, facts)
     if progress:
         progress(len(facts), len(facts), "checking facts")
@@ -234,4 +253,5 @@ def average_traces(handle, facts: list[Fact], *, n: int | None = None, kinds=KIN
         clean_prob=clean / m, corrupted_prob=corrupted / m, sigma=sigma,
         settings={**fixed.__dict__, "noise_level": fixed.noise * sigma},
         severed=avg_sev, suggestion=suggestion, known_ids=[f.known_id for f in used],
+        n_duplicates=n_duplicates,
     )

@@ -118,7 +118,8 @@ if a2.button("Run averaged trace", key="run_avg"):
 if s.trace_avg is not None:
     avg = s.trace_avg
     st.caption(f"{avg.n_facts} facts used · {avg.n_skipped_wrong} skipped (model wrong) · "
-               f"{avg.n_skipped_invalid} not traceable")
+               f"{avg.n_skipped_invalid} not traceable"
+               + (f" · {avg.n_duplicates} duplicate(s) counted once" if avg.n_duplicates else ""))
     kind = st.segmented_control("Kind", list(avg.effects), default="mlp", key="avg_kind",
                                 format_func=trace_flow.KIND_LABELS.get) or "mlp"
     st.plotly_chart(charts.average_curves(avg, kind), key="avg_curves")

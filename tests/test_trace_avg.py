@@ -10,7 +10,8 @@ import torch
 
 from core.errors import BadInputError
 from core.trace_avg import (
-    CATEGORIES, Fact, average_traces, known_mask, load_facts, subject_embedding_std, token_categories,
+    CATEGORIES, Fact, average_traces, drop_duplicates, known_mask, load_facts, subject_embedding_std,
+    token_categories,
 )
 from core.tracing import TraceSettings, prepare_trace, run_grid
 from core.tracing_severed import run_severed
@@ -116,9 +117,10 @@ def test_average_equals_mean_of_single_traces(tiny_handle):
 
 def test_average_n_and_errors(tiny_handle):
     p = "Miles Davis plays the"
-    facts = [Fact(p, "Miles Davis", top1(tiny_handle, p))] * 3
+    facts = [Fact(q, s, top1(tiny_handle, q), i) for i, (q, s) in enumerate(
+        [(p, "Miles Davis"), ("The capital of Norvania is", "Norvania"), ("Kara Selwyn works for", "Kara Selwyn")])]
     avg = average_traces(tiny_handle, facts, n=2, kinds=["mlp"], severed=False, settings=SETTINGS)
-    assert avg.n_facts == 2 and set(avg.effects) == {"mlp"} and avg.severed is None
+    assert avg.n_facts == 2 and avg.known_ids == [0, 1] and set(avg.effects) == {"mlp"} and avg.severed is None
     assert avg.suggestion.source.startswith("MLP indirect effect")
     with pytest.raises(BadInputError) as err:
         average_traces(tiny_handle, facts, n=0)
@@ -126,3 +128,45 @@ def test_average_n_and_errors(tiny_handle):
     from core.errors import WorkbenchError
     with pytest.raises(WorkbenchError):
         average_traces(tiny_handle, [Fact(p, "Miles Davis", "zebra")], settings=SETTINGS)
+
+
+# ---- duplicate facts ------------------------------------------------------------------------------
+
+def test_drop_duplicates_keeps_the_first_of_each_fact():
+    a, b = Fact("Miles Davis plays the", "Miles Davis", "trumpet", 0), Fact("Toyota is in", "Toyota", "Japan", 1)
+    again = Fact(a.prompt, a.subject, a.answer, 7)                 # same fact under another known_id
+    near = [Fact(a.prompt, a.subject, "piano", 8), Fact(a.prompt, "Miles", a.answer, 9),
+            Fact(a.prompt + " ", a.subject, a.answer, 10)]        # differ in one field: all kept
+    kept, dropped = drop_duplicates([a, b, again, *near, b])
+    assert kept == [a, b, *near] and dropped == 2
+    assert drop_duplicates([]) == ([], 0)
+
+
+def test_duplicates_count_once_in_the_average(tiny_handle):
+    """A knowns list with repeats averages exactly like the list without them (effects, severed
+    gap, σ, probabilities), reports how many it dropped, and --n counts distinct facts."""
+    p = ["Miles Davis plays the trumpet and", "The capital of Norvania is", "Kara Selwyn works for"]
+    subjects = ["Miles Davis", "Norvania", "Kara Selwyn"]
+    a, b, c = (Fact(q, s, top1(tiny_handle, q), i) for i, (q, s) in enumerate(zip(p, subjects)))
+    dup = [a, Fact(a.prompt, a.subject, a.answer, 10), b, a, Fact(b.prompt, b.subject, b.answer, 11)]
+    with_dups = average_traces(tiny_handle, dup, settings=SETTINGS)
+    distinct = average_traces(tiny_handle, [a, b], settings=SETTINGS)
+    assert with_dups.n_duplicates == 3 and distinct.n_duplicates == 0
+    assert with_dups.n_facts == 2 and with_dups.known_ids == [0, 1]
+    assert with_dups.n_skipped_wrong == with_dups.n_skipped_invalid == 0
+    assert with_dups.sigma == distinct.sigma == pytest.approx(subject_embedding_std(tiny_handle, [a, b]))
+    for k in with_dups.effects:
+        for cat in CATEGORIES:
+            np.testing.assert_array_equal(with_dups.effects[k][cat], distinct.effects[k][cat])
+    np.testing.assert_array_equal(with_dups.severed.gap, distinct.severed.gap)
+    assert (with_dups.clean_prob, with_dups.corrupted_prob) == (distinct.clean_prob, distinct.corrupted_prob)
+    assert with_dups.counts == distinct.counts
+    # the test can fail: a and b differ, so counting a three times would move the mean
+    only_a = average_traces(tiny_handle, [a], settings=TraceSettings(**{**SETTINGS.__dict__, "sigma": distinct.sigma}))
+    assert not np.allclose(only_a.effects["mlp"]["last_subject"], distinct.effects["mlp"]["last_subject"])
+    d = with_dups.to_dict()
+    assert d["n_duplicates"] == 3 and d["n_facts"] == 2
+    # n counts distinct facts: the first two distinct are a and b, not a and its repeat
+    first_two = average_traces(tiny_handle, dup + [c], n=2, kinds=["mlp"], severed=False, settings=SETTINGS)
+    assert first_two.n_facts == 2 and first_two.known_ids == [0, 1] and first_two.n_duplicates == 3
+    np.testing.assert_array_equal(first_two.effects["mlp"]["last"], distinct.effects["mlp"]["last"])

@@ -50,6 +50,7 @@ def test_trace_avg_json_schema(model_dir, tmp_path):
         with torch.no_grad():
             top = handle.tokenizer.decode([int(handle.hf(input_ids=ids).logits[0, -1].argmax())])
         facts.append({"known_id": i, "prompt": p, "subject": s, "attribute": top})
+    facts.insert(1, {**facts[0], "known_id": 9})                  # a repeat: counted once, not in --n
     facts_path = tmp_path / "knowns.json"
     facts_path.write_text(json.dumps(facts))
     out = tmp_path / "avg.json"
@@ -58,6 +59,7 @@ def test_trace_avg_json_schema(model_dir, tmp_path):
     assert rc == 0
     d = json.loads(out.read_text())
     assert d["n_facts"] == 2 and d["n_layers"] == 3
+    assert d["n_duplicates"] == 1 and d["known_ids"] == [0, 1]
     assert isinstance(d["suggested_layers"], list) and all(isinstance(x, int) for x in d["suggested_layers"])
     assert set(d["effects"]) == {"hidden", "mlp", "attn"}
     for kind in d["effects"].values():

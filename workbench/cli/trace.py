@@ -34,10 +34,10 @@ def register(sub) -> None:
         "trace-avg", help="causal traces averaged over many known facts; suggested edit range R",
         description="Average indirect effects per token category and layer over the facts the model "
         "gets right (knowns JSON format of Meng et al.), the severed-path gap, and the suggested "
-        "MEMIT layer range R.")
+        "MEMIT layer range R. Exact duplicate facts (same prompt, subject and attribute) count once.")
     p.add_argument("--facts", default=None,
                    help="knowns JSON (default: the demo world's assets/world/knowns.json)")
-    p.add_argument("--n", type=int, default=None, help="use at most N known facts (default: all)")
+    p.add_argument("--n", type=int, default=None, help="use at most N distinct known facts (default: all)")
     p.add_argument("--kind", default="all", choices=["hidden", "mlp", "attn", "all"])
     p.add_argument("--no-severed", action="store_true", help="skip the severed-path traces")
     p.add_argument("--range-size", type=int, default=None,
@@ -197,7 +197,7 @@ def cmd_trace_avg(args: argparse.Namespace) -> int:
 
 def _print_average(avg) -> None:
     print(f"facts used {avg.n_facts} (skipped: {avg.n_skipped_wrong} wrong, {avg.n_skipped_invalid} "
-          f"untraceable)   mean clean p = {avg.clean_prob:.4f}   corrupted p = {avg.corrupted_prob:.4f}")
+          f"untraceable, {avg.n_duplicates} duplicate)   mean clean p = {avg.clean_prob:.4f}   corrupted p = {avg.corrupted_prob:.4f}")
     header = "kind    category            " + " ".join(f"{i:>7d}" for i in range(avg.n_layers))
     print(header)
     for k, cats in avg.effects.items():
