@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 from core.errors import BadInputError
-from core.requests import (DEFAULT_MAX_BYTES, FORMATS, EditRequest, RequestValidationError, RowProblem,
-                           _batch_problems, _missing_columns, _normalise_keys, _row_request,
+from core.request_text import TEXT_FIELDS
+from core.requests import (_ALIASES, DEFAULT_MAX_BYTES, FORMATS, EditRequest, RequestValidationError,
+                           RowProblem, _batch_problems, _missing_columns, _normalise_keys, _row_request,
                            _template_ids, _text, load_relations, requests_from_rows)
 
 # ---- published datasets -------------------------------------------------------------------------
@@ -113,20 +114,7 @@ def read_requests(path_or_bytes, *, fmt: str | None = None, relations=None,
         fmt = "csv" if suffix == ".csv" else "json" if suffix in (".json", ".jsonl") \
             else "json" if text.lstrip()[:1] in "[{" else "csv"
     if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text))
-        missing = _missing_columns(_normalise_keys({k: None for k in (reader.fieldnames or [])}))
-        if missing:
-            raise RequestValidationError([RowProblem(0, "columns", "missing " + ", ".join(missing)
-                                                     + f" (found: {', '.join(reader.fieldnames or [])})")])
-        rows, extra = [], []
-        for n, r in enumerate(reader, start=1):
-            if any(str(x).strip() for x in r.get(None) or ()):   # DictReader's key for fields past the header
-                extra.append(RowProblem(n, "row", f"{len(r[None])} field(s) more than the header's "
-                                        f"{len(reader.fieldnames)} columns ({', '.join(map(repr, r[None]))}); "
-                                        "put quotes around a value that contains a comma"))
-            rows.append({k: v for k, v in r.items() if k is not None})
-        reqs, problems = requests_from_rows(rows, relations)
-        problems = extra + problems
+        reqs, problems = _csv_requests(text, relations)
     else:
         records = _parse_json(text)
         if fmt == "json":
@@ -151,6 +139,106 @@ def read_requests(path_or_bytes, *, fmt: str | None = None, relations=None,
     if not reqs:
         raise RequestValidationError([RowProblem(0, "file", "no edit requests found")])
     return reqs
+
+
+# ---- CSV ----------------------------------------------------------------------------------------
+
+def _csv_requests(text: str, relations) -> tuple[list[EditRequest], list[RowProblem]]:
+    """A CSV text -> (requests, problems): every row checked, numbered from 1 after the header."""
+    fieldnames, records, problems = _csv_records(text)
+    missing = _missing_columns(_normalise_keys({k: None for k in fieldnames}))
+    if missing:
+        raise RequestValidationError([RowProblem(0, "columns", "missing " + ", ".join(missing)
+                                                 + f" (found: {', '.join(fieldnames)})")])
+    rows, numbers = [], []
+    for n, fields in records:
+        extra = fields[len(fieldnames):]
+        if any(x.strip() for x in extra):
+            problems.append(RowProblem(n, "row", f"{len(extra)} field(s) more than the header's "
+                                       f"{len(fieldnames)} columns ({', '.join(map(repr, extra))}); "
+                                       "put quotes around a value that contains a comma"))
+        rows.append(dict(zip(fieldnames, fields + [None] * (len(fieldnames) - len(fields)))))
+        numbers.append(n)
+    reqs, row_problems = requests_from_rows(rows, relations, numbers=numbers)
+    return reqs, problems + row_problems
+
+
+def _csv_records(text: str) -> tuple[list[str], list[tuple[int, list[str]]], list[RowProblem]]:
+    """Split a CSV text as csv.DictReader does -> (header, [(row number, fields)], problems).
+
+    A double quote that opens a value and is not closed on its line — it runs to the end of the
+    file, or swallows lines that look like rows — is reported with its row and the line it opens
+    on; that row is left out and reading goes on at the next line, so the rows after it are
+    checked as the user wrote them.
+    """
+    lines = io.StringIO(text).readlines()
+    fieldnames: list[str] | None = None
+    records, problems = [], []
+    n, start = 0, 0                     # rows read so far; index of the first line still to read
+    while start < len(lines):
+        reader = csv.reader(lines[start:])
+        restart, done = None, 0         # done: lines this reader consumed before the current record
+        for fields in reader:
+            first, last = start + done + 1, start + reader.line_num     # 1-based lines of the record
+            done = reader.line_num
+            if not fields:              # a blank line
+                continue
+            unclosed = _unclosed_quote(fields, lines, first, last, len(fieldnames or fields))
+            if fieldnames is None:
+                if unclosed is not None:
+                    raise RequestValidationError([RowProblem(0, "header", unclosed[2])])
+                fieldnames = fields
+                continue
+            n += 1
+            if unclosed is None:
+                records.append((n, fields))
+                continue
+            i, restart, message = unclosed
+            problems.append(RowProblem(n, _reported_name(fieldnames[i]) if i < len(fieldnames) else "row",
+                                       message))
+            break                       # go on at the line after the one the quote opens on
+        if restart is None:
+            break
+        start = restart
+    return fieldnames or [], records, problems
+
+
+def _unclosed_quote(fields: list[str], lines: list[str], first: int, last: int,
+                    n_columns: int) -> tuple[int, int, str] | None:
+    """(field index, line the quote opens on, message) for a record (lines first..last) whose
+    quoted value runs to the end of the file or over lines that look like rows; else None."""
+    at_eof = False
+    if last == len(lines):              # the file's last record: did it end inside a quote?
+        try:
+            for _ in csv.reader(lines[first - 1:], strict=True):
+                pass
+        except csv.Error as e:
+            at_eof = "unexpected end of data" in str(e)
+    if at_eof:
+        i = len(fields) - 1
+    else:
+        need = min(n_columns, 3)        # a row has at least subject, relation, object
+        i = next((i for i, value in enumerate(fields)
+                  if any(len(next(csv.reader([part]), [])) >= need for part in value.split("\n")[1:])),
+                 None)
+        if i is None:
+            return None
+    line = first + sum(value.count("\n") for value in fields[:i])
+    head = fields[i].split("\n")[0].rstrip("\r")
+    shown = '"' + (head if len(head) <= 30 else head[:29] + "…")
+    where = f"the double quote that opens this value on line {line} ({shown})"
+    advice = "close the quote or remove it"
+    if last == line:
+        return i, line, f"{where} is never closed; {advice}"
+    span = f"line {last}" if last == line + 1 else f"lines {line + 1}–{last}"
+    return i, line, (f"{where} is {'never closed' if at_eof else 'not closed on that line'}, so {span} "
+                     f"{'was' if last == line + 1 else 'were'} read into it; {advice}")
+
+
+def _reported_name(column: str) -> str:
+    """The name problems give a CSV column ("target_new" and "object" both report "object")."""
+    key = _ALIASES.get(column.strip().lower(), column.strip().lower())
+    return TEXT_FIELDS.get(key, key)
 
 
 def _parse_json(text: str) -> list:

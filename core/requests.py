@@ -253,16 +253,18 @@ def _missing_columns(keys) -> list[str]:
     return missing
 
 
-def requests_from_rows(rows: list[dict], relations=None) -> tuple[list[EditRequest], list[RowProblem]]:
+def requests_from_rows(rows: list[dict], relations=None, *,
+                       numbers: list[int] | None = None) -> tuple[list[EditRequest], list[RowProblem]]:
     """Table rows (CSV records, st.data_editor rows) -> (requests, problems).
 
     Checks each row and the batch (conflicts, Eq. 5); exact duplicates are kept here
-    (`validate_requests` drops them with a warning). Rows are numbered from 1.
+    (`validate_requests` drops them with a warning). Rows are numbered from 1, or by `numbers`
+    (the row number the user sees for each row, when some rows were left out).
     """
     table = load_relations(relations)
     tmpl_ids = _template_ids(table)
     problems, indexed = [], []
-    for n, raw in enumerate(rows, start=1):
+    for n, raw in zip(_numbers(numbers, len(rows)), rows):
         if not isinstance(raw, dict):
             problems.append(RowProblem(n, "row", "not an object with named fields"))
             continue
@@ -279,10 +281,19 @@ def requests_from_rows(rows: list[dict], relations=None) -> tuple[list[EditReque
     return [r for _, r in indexed], problems
 
 
-def _batch_problems(indexed: list[tuple[int, EditRequest]]) -> tuple[list[RowProblem], list[tuple[int, EditRequest]], list[str]]:
+def _numbers(numbers: list[int] | None, n: int) -> list[int]:
+    """The row numbers of n rows: 1..n, or the given ones (one per row)."""
+    if numbers is None:
+        return list(range(1, n + 1))
+    if len(numbers) != n:
+        raise ValueError(f"{len(numbers)} row numbers for {n} rows")
+    return list(numbers)
+
+
+def _batch_problems(indexed: list[tuple[int, EditRequest]]) -> tuple[list[RowProblem], list[tuple[int, EditRequest]], list[tuple[int, str]]]:
     """Conflicts (same s and r, different o: Eq. 5) and duplicates (same s, r, o).
 
-    Returns (problems, the rows with duplicates dropped, warnings).
+    Returns (problems, the rows with duplicates dropped, warnings as (row, text)).
     """
     problems, kept, warnings = [], [], []
     first: dict[tuple[str, str], tuple[int, EditRequest]] = {}
@@ -298,21 +309,24 @@ def _batch_problems(indexed: list[tuple[int, EditRequest]]) -> tuple[list[RowPro
                                        f"'{req.relation_key}' cannot become both '{other.target_new}' "
                                        f"and '{req.target_new}'"))
         else:
-            warnings.append(f"row {n} repeats row {m} ({req.subject} -> {req.target_new}); dropped")
+            warnings.append((n, f"row {n} repeats row {m} ({req.subject} -> {req.target_new}); dropped"))
     return problems, kept, warnings
 
 
 # ---- checks that need the tokenizer -------------------------------------------------------------
 
-def validate_requests(requests: list[EditRequest], tokenizer=None, max_length: int | None = None) -> ValidationReport:
-    """Check a batch before anything runs: every problem with its row (1-based list position).
+def validate_requests(requests: list[EditRequest], tokenizer=None, max_length: int | None = None, *,
+                      numbers: list[int] | None = None) -> ValidationReport:
+    """Check a batch before anything runs: every problem with its row (1-based list position, or
+    `numbers`, the row number the user sees for each request).
 
     Structure ({} exactly once, non-empty fields), conflicts (Eq. 5), exact duplicates (dropped,
-    with a warning) and — with a tokenizer — targets that tokenise to nothing, subjects no token
-    covers, prompts longer than `max_length` tokens.
+    with a warning), a new object equal to the true one (kept, with a warning) and — with a
+    tokenizer — targets that tokenise to nothing, subjects no token covers, prompts longer than
+    `max_length` tokens.
     """
     problems, indexed = [], []
-    for n, req in enumerate(requests, start=1):
+    for n, req in zip(_numbers(numbers, len(requests)), requests):
         probs = _structure_problems(req, n)
         if not probs and tokenizer is not None:
             probs = _token_problems(req, n, tokenizer, max_length)
@@ -321,9 +335,24 @@ def validate_requests(requests: list[EditRequest], tokenizer=None, max_length: i
             indexed.append((n, req))
     batch_probs, kept, warnings = _batch_problems(indexed)
     problems.extend(batch_probs)
+    warnings += [(n, _same_object_warning(n, req)) for n, req in kept if _same_object(req)]
     if not requests:
         problems.append(RowProblem(0, "requests", "no edit requests"))
-    return ValidationReport(requests=[r for _, r in kept], problems=problems, warnings=warnings)
+    return ValidationReport(requests=[r for _, r in kept], problems=problems,
+                            warnings=[text for _, text in sorted(warnings, key=lambda w: w[0])])
+
+
+def _same_object(req: EditRequest) -> bool:
+    """The new object is the true one (compared as tokenised: without surrounding spaces)."""
+    return bool(req.target_true) and req.target_new.strip() == req.target_true.strip()
+
+
+def _same_object_warning(n: int, req: EditRequest) -> str:
+    """Why a request whose new object is its true object is kept, and what it does."""
+    o = req.target_new.strip()
+    return (f"row {n}: the new object '{o}' is the true object already, so this edit changes no fact "
+            f"(it only makes the model surer of '{o}', and ES, PS and NS, which compare the new "
+            "object with the true one, mean nothing for it); kept")
 
 
 def _structure_problems(req: EditRequest, n: int) -> list[RowProblem]:

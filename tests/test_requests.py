@@ -224,3 +224,93 @@ def test_counterfact_target_that_is_not_text_is_refused(tmp_path):
 def test_validate_refuses_control_characters_in_requests_built_in_code():
     rep = validate_requests([EditRequest("{} plays the", "Miles\tDavis", "chess")], make_tokenizer())
     assert [str(p) for p in rep.problems] == ["row 1, subject: contains the control character U+0009; remove it"]
+
+
+# ---- a double quote left open: named with its row and line, the rows after it still checked -----
+
+OPEN_QUOTE_ADVICE = "close the quote or remove it"
+
+
+@pytest.mark.parametrize("csv_text, expected", [
+    # runs to the end of the file, swallowing two rows; their own problems are still listed
+    ("subject,relation,object\nMiles Davis,{} plays the,\"trumpet\nNext Subject,{} works as a,\nThird,,y\n",
+     ["row 1, object: the double quote that opens this value on line 2 (\"trumpet) is never closed, so "
+      f"lines 3–4 were read into it; {OPEN_QUOTE_ADVICE}",
+      "row 2, object: empty",
+      "row 3, relation: empty (give a template with '{}' or a relation name)"]),
+    # closed by the next row's own opening quote: one row swallowed, the rows after it are fine
+    ("subject,relation,object\nMiles Davis,{} plays the,\"trumpet\nNext Subject,{} works as a,\"poet\"\n"
+     "Third,{} is,y\n",
+     ["row 1, object: the double quote that opens this value on line 2 (\"trumpet) is not closed on that "
+      f"line, so line 3 was read into it; {OPEN_QUOTE_ADVICE}"]),
+    # on the last line, with no line break after it
+    ("subject,relation,object\nA,{} is,b\nAnna,{} lives in,\"Ostmont",
+     [f"row 2, object: the double quote that opens this value on line 3 (\"Ostmont) is never closed; "
+      f"{OPEN_QUOTE_ADVICE}"]),
+    # in the relation column, after a blank line: the line is the file's, the row the record's
+    ("subject,prompt,object,true_object\nA,{} is,b,c\n\nB,\"{} lives in,Ostmont\nC,{} is,d,e\n",
+     ["row 2, prompt: the double quote that opens this value on line 4 (\"{} lives in,Ostmont) is never "
+      f"closed, so line 5 was read into it; {OPEN_QUOTE_ADVICE}"]),
+    # two of them: each reported, reading goes on after each
+    ("subject,relation,object\nA,\"{} is,b\nB,{} is,\"c\nC,{} is,d\n",
+     ["row 1, relation: the double quote that opens this value on line 2 (\"{} is,b) is not closed on that "
+      f"line, so line 3 was read into it; {OPEN_QUOTE_ADVICE}",
+      "row 2, object: the double quote that opens this value on line 3 (\"c) is never closed, so line 4 "
+      f"was read into it; {OPEN_QUOTE_ADVICE}"]),
+    # in the header
+    ("subject,relation,\"object\nA,{} is,b\n",
+     ["file, header: the double quote that opens this value on line 1 (\"object) is never closed, so "
+      f"line 2 was read into it; {OPEN_QUOTE_ADVICE}"]),
+])
+def test_an_unclosed_quote_names_its_row_and_line_and_the_other_rows_are_still_checked(tmp_path, csv_text,
+                                                                                        expected):
+    f = tmp_path / "e.csv"
+    f.write_text(csv_text, encoding="utf-8")
+    with pytest.raises(RequestValidationError) as e:
+        read_requests(f, relations=RELATIONS)
+    assert problems_of(e) == expected
+
+
+def test_quotes_that_close_are_read_as_before(tmp_path):
+    f = tmp_path / "e.csv"
+    f.write_text('subject,relation,object\n"Davis, Miles",{} plays the,"chess"\nA,{} is,5\'10" tall\n')
+    reqs = read_requests(f)
+    assert [(r.subject, r.target_new) for r in reqs] == [("Davis, Miles", "chess"), ("A", "5'10\" tall")]
+    f.write_text('subject,relation,object\nAnna,{} lives in,"Ost\nmont"\nB,{} is,c\n')   # closed, one value
+    with pytest.raises(RequestValidationError) as e:
+        read_requests(f)
+    assert problems_of(e) == ["row 1, object: contains the control character U+000A; remove it"]
+
+
+# ---- the new object is the true one: kept, with a warning ----------------------------------------
+
+def test_new_object_equal_to_the_true_one_is_kept_with_a_warning():
+    tok = make_tokenizer()
+    same = EditRequest("{} plays the", "Miles Davis", "trumpet", "trumpet")
+    spaced = EditRequest("{} works for", "Kara", " Toyota", "Toyota ")       # tokenised alike
+    other_case = EditRequest("{} lives in", "Orla", "paris", "Paris")
+    rep = validate_requests([other_case, same, spaced, same], tok)
+    assert rep.ok and rep.requests == [other_case, same, spaced]
+    assert rep.warnings == [
+        "row 2: the new object 'trumpet' is the true object already, so this edit changes no fact (it only "
+        "makes the model surer of 'trumpet', and ES, PS and NS, which compare the new object with the true "
+        "one, mean nothing for it); kept",
+        "row 3: the new object 'Toyota' is the true object already, so this edit changes no fact (it only "
+        "makes the model surer of 'Toyota', and ES, PS and NS, which compare the new object with the true "
+        "one, mean nothing for it); kept",
+        "row 4 repeats row 2 (Miles Davis -> trumpet); dropped"]
+
+
+def test_rows_can_carry_the_numbers_the_user_sees():
+    rows = [{"subject": "A", "prompt": "{} is", "object": "b"}, {"subject": "A", "prompt": "{} is", "object": "c"},
+            {"subject": "B", "prompt": "{} is", "object": ""}]
+    _, probs = requests_from_rows(rows, RELATIONS, numbers=[2, 5, 7])
+    assert [str(p) for p in probs] == ["row 7, object: empty",
+                                       "row 5, object: conflicts with row 2: 'A' under '{} is' cannot become "
+                                       "both 'b' and 'c'"]
+    a = EditRequest("{} is", "A", "b", "b")
+    rep = validate_requests([a, a], make_tokenizer(), numbers=[3, 9])
+    assert rep.warnings[0].startswith("row 3: the new object 'b' is the true object already")
+    assert rep.warnings[1] == "row 9 repeats row 3 (A -> b); dropped"
+    with pytest.raises(ValueError, match="1 row numbers for 2 rows"):
+        validate_requests([a, a], numbers=[1])
