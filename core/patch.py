@@ -29,6 +29,11 @@ from core.ledger_io import add_delta, json_safe, live_weights, read_layer_hashes
 
 PATCH_FORMAT = "memit-workbench-patch/1"
 MODES = ("per_batch", "sum")
+# The record beside a saved edited model (`save_edited_model`), for the app, `workbench edit --out`
+# and `workbench session apply --save-dir` alike. `workbench edit --out` used to name it
+# memit_edits.json.
+EDIT_MANIFEST = "workbench_edit.json"
+LEGACY_EDIT_MANIFEST = "memit_edits.json"
 
 
 @dataclass
@@ -188,11 +193,11 @@ def apply_patch(handle, path: str | Path, *, force: bool = False, ledger=None) -
     return PatchApplyReport(str(path), match, layers, len(steps), int(m.get("n_edits", 0)), recorded)
 
 
-def save_edited_model(handle, out_dir: str | Path, note: dict | None = None, *,
-                      manifest: str = "workbench_edit.json") -> Path:
-    """`save_pretrained` the live (edited) model and its tokenizer, plus `manifest` (JSON: base model,
-    its hash and `note`); reloads in plain transformers (MLPs widened at load are saved at one
-    width, `core.widen.save_uniform`)."""
+def save_edited_model(handle, out_dir: str | Path, note: dict | None = None) -> Path:
+    """`save_pretrained` the live (edited) model and its tokenizer, plus `EDIT_MANIFEST` (JSON: base
+    model, its hash and `note`); reloads in plain transformers (MLPs widened at load are saved at
+    one width, `core.widen.save_uniform`). A manifest an older version wrote into the same folder
+    under `LEGACY_EDIT_MANIFEST` is removed: it describes weights that are no longer there."""
     from core.widen import save_uniform
 
     out = Path(out_dir)
@@ -204,5 +209,16 @@ def save_edited_model(handle, out_dir: str | Path, note: dict | None = None, *,
         handle.tokenizer.save_pretrained(out)
     info = json_safe({"saved_by": "memit-workbench", "base_model": handle.name, "base_hash": handle.base_hash,
                       **(note or {})})
-    (out / manifest).write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
+    write_atomic(out / EDIT_MANIFEST, (json.dumps(info, indent=2, allow_nan=False) + "\n").encode())
+    legacy = out / LEGACY_EDIT_MANIFEST
+    if _written_by_workbench(legacy):
+        legacy.unlink()
     return out
+
+
+def _written_by_workbench(path: Path) -> bool:
+    """True for a JSON object this project wrote (`saved_by`); a user's own file is left alone."""
+    try:
+        return json.loads(path.read_text()).get("saved_by") == "memit-workbench"
+    except (OSError, ValueError, AttributeError):
+        return False

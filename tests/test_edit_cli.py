@@ -33,8 +33,10 @@ def test_edit_applies_prints_saves_and_writes_json(setup, capsys):
     saved = AutoModelForCausalLM.from_pretrained(tmp / "out")
     for k, v in handle.hf.state_dict().items():
         assert torch.equal(saved.state_dict()[k], v), k
-    manifest = json.loads((tmp / "out" / "memit_edits.json").read_text())
+    manifest = json.loads((tmp / "out" / "workbench_edit.json").read_text())   # the app's name too
     assert manifest["base_hash"] == handle.base_hash and len(manifest["requests"]) == 2
+    assert manifest["saved_by"] == "memit-workbench" and manifest["layers"] == [0, 1]
+    assert not (tmp / "out" / "memit_edits.json").exists()
 
 
 def test_eval_reports_pre_post_in_percent_and_reverts(setup, capsys):

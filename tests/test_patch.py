@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 from core.errors import BadInputError
 from core.ledger import Ledger
 from core.ledger_io import live_weights
-from core.patch import apply_patch, export_patch, read_patch, save_edited_model
+from core.patch import (EDIT_MANIFEST, LEGACY_EDIT_MANIFEST, apply_patch, export_patch, read_patch,
+                        save_edited_model)
 from tests.ledger_helpers import record_seeded, seeded_deltas
 from tests.tiny import make_tiny_handle
 
@@ -108,7 +109,26 @@ def test_save_pretrained_reloads_with_identical_logits(tmp_path, session):
     _, live = session
     out = save_edited_model(live, tmp_path / "edited", note={"batches": [1, 3]})
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    assert json.loads((out / "workbench_edit.json").read_text())["batches"] == [1, 3]
+    assert json.loads((out / EDIT_MANIFEST).read_text())["batches"] == [1, 3]
     assert torch.equal(logits(reloaded, live.tokenizer), logits(live.hf, live.tokenizer))
     base = make_tiny_handle("gpt2")
     assert not torch.equal(logits(base.hf, base.tokenizer), logits(reloaded, live.tokenizer))
+
+
+def test_saved_model_has_one_manifest_name(tmp_path):
+    """One record name (workbench_edit.json); re-saving into a folder an older `edit --out` wrote
+    removes its stale memit_edits.json, but never a file of the user's under that name."""
+    h = make_tiny_handle("gpt2")
+    assert EDIT_MANIFEST == "workbench_edit.json" and LEGACY_EDIT_MANIFEST == "memit_edits.json"
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / LEGACY_EDIT_MANIFEST).write_text(json.dumps({"saved_by": "memit-workbench", "base_hash": "x"}))
+    save_edited_model(h, old, note={"method": "memit"})
+    assert sorted(p.name for p in old.glob("*.json") if "edit" in p.name) == [EDIT_MANIFEST]
+    assert json.loads((old / EDIT_MANIFEST).read_text())["method"] == "memit"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / LEGACY_EDIT_MANIFEST).write_text('{"my": "notes"}')
+    save_edited_model(h, mine)
+    assert json.loads((mine / LEGACY_EDIT_MANIFEST).read_text()) == {"my": "notes"}
+    assert json.loads((mine / EDIT_MANIFEST).read_text())["base_hash"] == h.base_hash

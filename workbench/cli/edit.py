@@ -94,7 +94,8 @@ def register(sub) -> None:
                    "CounterFact or zsRE")
     p.add_argument("--format", default=None, choices=["csv", "json", "counterfact", "zsre"],
                    help="input format (default: from the extension and content)")
-    p.add_argument("--out", default=None, metavar="DIR", help="save the edited model to DIR")
+    p.add_argument("--out", default=None, metavar="DIR", help="save the edited model to DIR (a HuggingFace folder plus "
+                   "workbench_edit.json: base model, its hash, method, layers, the edits)")
     p.add_argument("--workspace", default=None, metavar="DIR",
                    help="edit on top of this workspace's history and record the batch there "
                    "(default: $WORKBENCH_HOME or the user's cache folder; see `workbench session`)")
@@ -263,7 +264,7 @@ def _report_and_record(args, stdout, handle, ledger, applied, requests, pre, t_p
     if args.out:
         from core.patch import save_edited_model
 
-        out = save_edited_model(handle, args.out, manifest="memit_edits.json", note={
+        out = save_edited_model(handle, args.out, note={
             "method": result.method, "layers": result.layers, "hparams": result.hparams,
             "requests": [r.to_dict() for r in result.requests]})
         print(f"saved the edited model to {out}")
