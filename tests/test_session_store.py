@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -18,7 +19,7 @@ from core.tracing import TraceResult
 from workbench import session_store as store
 from workbench import state
 from workbench.state import RunRecord, WorkbenchState
-from workbench.state_codec import resolve_class
+from workbench.state_codec import SAVED, _Encoder, fingerprint, resolve_class, to_json
 from workbench.trace_flow import FullTrace
 
 
@@ -166,3 +167,131 @@ def test_new_session_starts_from_the_latest_draft(monkeypatch, tmp_path):
     other.set_draft([{"subject": "Theirs"}])                               # its own folder
     assert [r["subject"] for r in state.restore(first.session_id)[0].draft_rows] == ["Mine"]
     assert [r["subject"] for r in state.restore(other.session_id)[0].draft_rows] == ["Theirs"]
+
+
+# ---- cheap change detection -------------------------------------------------------------------
+
+def saved_text(folder) -> str:
+    return json.dumps(json.loads((folder / store.STATE_FILE).read_text())["state"])
+
+
+def full_text(obj) -> str:
+    """The state as a plain encode writes it (no reuse), in the form saved_text compares."""
+    return json.dumps(json.loads(to_json(obj)[0]))
+
+
+NEW_VALUES = {       # a different value for every saved field of WorkbenchState
+    "session_id": "0123456789ab", "model_name": "other", "device": "cpu", "dtype": "float32",
+    "trust_remote_code": True, "trace_prompt": "Bo plays the", "trace_subject": "Bo",
+    "trace": None, "severed": {"mlp": [1.0]}, "trace_avg": [0.5], "suggestion": (1, 2),
+    "edit_layers": [0], "draft_rows": [{"subject": "Bo"}], "draft_version": 4, "method": "rome",
+    "runs": [], "comparison": {"S": 1.0}, "scaling": pd.DataFrame({"n": [1, 10]}), "learn_step": 2,
+    "learn": {"fact": "x"},
+}
+
+
+def test_changing_any_saved_field_is_saved(tmp_path):
+    saved = {f.name for f in dataclasses.fields(WorkbenchState) if f.metadata.get(SAVED, True)}
+    assert saved == set(NEW_VALUES)                        # a new field needs a line above
+    for name, value in NEW_VALUES.items():
+        s = sample_state()
+        mark = store.save(s, tmp_path)
+        setattr(s, name, value)
+        assert store.save(s, tmp_path, mark) is not mark, name
+        back = store.load(tmp_path, WorkbenchState).obj
+        got = getattr(back, name)
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(got, value)
+        else:
+            assert got == value, name
+        assert saved_text(tmp_path) == full_text(s), name   # reused texts spliced in the right places
+
+
+def test_changes_inside_containers_and_numbers_of_another_type_are_saved(tmp_path):
+    s = sample_state()
+    s.learn["n"] = 1
+    mark = store.save(s, tmp_path)
+    changes = [
+        lambda: s.draft_rows[0].update(subject="Bo"),         # a cell, in place
+        lambda: s.edit_layers.__setitem__(0, 5),              # a list item, in place
+        lambda: s.learn.__setitem__("n", 1.0),                # 1 → 1.0 (written differently)
+        lambda: s.learn.__setitem__("n", True),               # 1.0 → True
+        lambda: s.learn.__setitem__("n", -0.0),
+        lambda: s.learn.__setitem__("n", 0.0),                # -0.0 → 0.0
+        lambda: setattr(s.runs[0], "batch_id", 8),            # a field of a run
+        lambda: setattr(s.runs[0], "metrics_post", per_edit_frame()),   # a new result replaces
+        lambda: s.runs.append(RunRecord(method="ft", requests=[], result=None)),
+        lambda: s.learn.__setitem__("run", s.runs[1]),        # another shared object
+        lambda: s.runs[0].result.deltas[1].mul_(2.0),         # a tensor, in place
+        lambda: s.trace.grids.pop("mlp"),
+    ]
+    for i, change in enumerate(changes):
+        change()
+        new = store.save(s, tmp_path, mark)
+        assert new is not mark, i
+        assert saved_text(tmp_path) == full_text(s), i
+        mark = new
+    back = store.load(tmp_path, WorkbenchState).obj
+    assert back.learn["n"] == 0.0 and str(back.learn["n"]) == "0.0" and back.draft_rows[0]["subject"] == "Bo"
+    assert back.learn["run"] is back.runs[1] and back.runs[0].batch_id == 8 and back.trace.grids == {}
+    assert torch.equal(back.runs[0].result.deltas[1], s.runs[0].result.deltas[1])
+
+
+def test_an_unchanged_state_is_not_encoded_and_unchanged_results_are_not_encoded_again(tmp_path, monkeypatch):
+    s = sample_state()
+    s.runs[0].requests = [EditRequest(prompt="{} is in", subject=f"S{i}", target_new="x",
+                                      neighborhood_prompts=(f"T{i} is in",)) for i in range(50)]
+    mark = store.save(s, tmp_path)
+    calls = {"encode": 0, "frame": 0, "request": 0}
+    real_encode, real_frame, real_fields = _Encoder.encode, _Encoder._frame, _Encoder._fields
+
+    def count(name, real):
+        def wrapped(self, x, *args):
+            calls[name] += 1 if name != "request" or isinstance(x, EditRequest) else 0
+            return real(self, x, *args)
+        return wrapped
+    monkeypatch.setattr(_Encoder, "encode", count("encode", real_encode))
+    monkeypatch.setattr(_Encoder, "_frame", count("frame", real_frame))
+    monkeypatch.setattr(_Encoder, "_fields", count("request", real_fields))
+    (tmp_path / store.STATE_FILE).unlink()
+    assert store.save(s, tmp_path, mark) is mark                       # nothing changed: no encoding
+    assert calls == {"encode": 0, "frame": 0, "request": 0}
+    assert not (tmp_path / store.STATE_FILE).exists()
+    s.edit_layers = [2]                                                # a small change
+    mark = store.save(s, tmp_path, mark)
+    assert calls["encode"] > 0 and calls["frame"] == 0 and calls["request"] == 0
+    assert saved_text(tmp_path) == full_text(s)
+    s.runs[0].metrics_pre = per_edit_frame()                           # a new result: encoded once
+    calls.update(frame=0)
+    mark = store.save(s, tmp_path, mark)
+    assert calls["frame"] == 1 and saved_text(tmp_path) == full_text(s)
+    before = (tmp_path / store.STATE_FILE).stat().st_mtime_ns
+    s.runs[0].metrics_pre = per_edit_frame()                           # equal content, new object
+    again = store.save(s, tmp_path, mark)
+    assert again is not mark and again.skeleton == mark.skeleton
+    assert (tmp_path / store.STATE_FILE).stat().st_mtime_ns == before  # encoded, compared, not written
+
+
+@dataclass(frozen=True)
+class Holder:                            # frozen, but holding a list: not immutable
+    items: list
+    name: str = ""
+
+
+def test_fingerprint_compares_by_type_value_and_identity():
+    assert fingerprint([1, "a", None])[0] == fingerprint([1, "a", None])[0]
+    for a, b in [(1, 1.0), (1, True), (0.0, -0.0), ((1,), [1]), ({"a": 1}, {"a": 2}), ({1: 1}, {"1": 1})]:
+        assert fingerprint(a)[0] != fingerprint(b)[0], (a, b)
+    assert fingerprint(float("nan"))[0] == fingerprint(float("nan"))[0]          # written alike
+    df = per_edit_frame()
+    assert fingerprint(df)[0] == fingerprint(df)[0] and fingerprint(df)[0] != fingerprint(per_edit_frame())[0]
+    h = Holder([1])
+    first, immutable = fingerprint(h)
+    assert immutable == {}                                               # the list can change
+    h.items.append(2)
+    assert fingerprint(h, immutable)[0] != first
+    req = EditRequest(prompt="{} is", subject="A", target_new="b")
+    first, immutable = fingerprint([req])
+    assert immutable[id(req)].obj is req                                # frozen, only immutable values
+    assert fingerprint([req], immutable)[0] == first
+    assert fingerprint([EditRequest(prompt="{} is", subject="A", target_new="b")], immutable)[0] != first

@@ -4,9 +4,12 @@ The state is encoded by `workbench.state_codec` (project dataclasses, containers
 numpy arrays, DataFrames; tensors go to the safetensors file by key); a value it cannot write
 drops its field (logged), a field it cannot read takes its default (reported).
 
-Writes are atomic (`core.ledger_io.write_atomic`) and happen only when something changed: `save`
-compares the JSON with the last one written (its `Mark`) and rewrites the tensor file only when
-the set of tensors changed (identity and in-place version of each). No streamlit, no pickle.
+Writes are atomic (`core.ledger_io.write_atomic`) and happen only when something changed. `save`
+runs after every script run, so it first compares the state's `fingerprint` with the one of the
+last write (its `Mark`): a walk over the state, no encoding. Only when that differs is the state
+encoded — the JSON text of unchanged DataFrames, arrays and requests reused from the last write —
+and written if its JSON differs; the tensor file is rewritten only when the set of tensors
+changed (identity and in-place version of each). No streamlit, no pickle.
 """
 from __future__ import annotations
 
@@ -16,14 +19,14 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from core.ledger_io import write_atomic
-from workbench.state_codec import READ_ERRORS, SessionError, decode, encode
+from workbench.state_codec import READ_ERRORS, Reuse, SessionError, decode, fingerprint, to_json
 
 LOG = logging.getLogger("workbench.session_store")
 FORMAT = 1
@@ -41,13 +44,16 @@ def valid_id(value: Any) -> bool:
     return isinstance(value, str) and bool(_ID.fullmatch(value))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Mark:
-    """What the folder holds now: the state's JSON, and which tensors its tensor file has."""
+    """What the folder holds now — the state's JSON, which tensors its tensor file has — and what
+    makes the next comparison cheap (the state's fingerprint, the JSON texts to reuse)."""
 
     skeleton: str
     tensor_sig: tuple
     token: str | None                     # id of the tensor file written (None: no tensor file)
+    fingerprint: Any = None               # state_codec.fingerprint of the state written
+    reuse: Reuse = field(default_factory=Reuse)
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -57,24 +63,27 @@ def _tensor_sig(tensors: list[torch.Tensor]) -> tuple:
     return tuple((id(t), t._version, tuple(t.shape), str(t.dtype), str(t.device)) for t in tensors)
 
 
-def _dumps(tree: Any) -> str:
-    return json.dumps(tree, separators=(",", ":"), allow_nan=False)
-
-
 def mark(obj: Any, token: str | None = None) -> Mark:
     """The Mark of `obj` as if it had just been saved (a fresh or just-loaded state)."""
-    tree, tensors, _ = encode(obj)
-    return Mark(_dumps(tree), _tensor_sig(tensors), token)
+    fp, immutable = fingerprint(obj)
+    reuse = Reuse(immutable)
+    skeleton, tensors, _ = to_json(obj, reuse)
+    return Mark(skeleton, _tensor_sig(tensors), token, fp, reuse)
 
 
 def save(obj: Any, folder: Path, last: Mark | None = None, summary: dict | None = None) -> Mark:
     """Write `obj` to `folder` unless it equals `last` (what the folder holds); returns the new Mark."""
     from safetensors.torch import save as safetensors_bytes
 
-    tree, tensors, skipped = encode(obj)
-    skeleton, sig = _dumps(tree), _tensor_sig(tensors)
+    fp, immutable = fingerprint(obj, last.reuse.immutable if last is not None else None)
+    if last is not None and last.fingerprint == fp:
+        return last                                        # unchanged: nothing encoded
+    reuse = last.reuse if last is not None else Reuse()
+    reuse.immutable = immutable
+    skeleton, tensors, skipped = to_json(obj, reuse)
+    sig = _tensor_sig(tensors)
     if last is not None and last.skeleton == skeleton and last.tensor_sig == sig:
-        return last
+        return replace(last, fingerprint=fp)              # new objects, same content
     for what in skipped:
         LOG.warning("session not saved in full: %s cannot be written", what)
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,7 +100,7 @@ def save(obj: Any, folder: Path, last: Mark | None = None, summary: dict | None 
     if summary is not None:
         text = json.dumps({**summary, "saved_at": saved_at})
         write_atomic(folder / SUMMARY_FILE, text.encode("utf-8"))
-    return Mark(skeleton, sig, token)
+    return Mark(skeleton, sig, token, fp, reuse)
 
 
 @dataclass

@@ -7,7 +7,12 @@ list the caller stores in safetensors, dtype kept). A dataclass met twice comes 
 object. `transient()` fields are not written and load as their default; a value that cannot be
 written drops its field (reported), a field that cannot be read takes its default (reported).
 Decoding never imports a class outside `core.`/`workbench.` (nor the app's entry scripts).
-No streamlit, no pickle.
+
+Saving runs at the end of every script run, so telling "unchanged" must be cheap even for a state
+that holds a 1,000-edit run: `fingerprint` walks the state without encoding it (values the app
+replaces but never changes in place — DataFrames, numpy arrays, frozen dataclasses of such — are
+compared by identity), and `to_json` reuses the JSON text of those values from the previous write
+(`Reuse`). No streamlit, no pickle.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import importlib
+import json
 import math
 import re
 from typing import Any
@@ -27,6 +33,7 @@ SAVED = "workbench_saved"            # dataclass field metadata key: False = not
 _MODULE = re.compile(r"(core|workbench)(\.[a-z_][a-z0-9_]*)+\Z")
 _SCRIPTS = {"workbench.app", "workbench.__main__"}       # modules that run an app when imported
 _MAX_DEPTH = 200
+_RAW = re.compile(r'\{"__raw__":(\d+)\}')          # a reused text's place in `to_json` output
 
 class SessionError(Exception):
     """The file cannot be (fully) read back: bad format, refused class, missing tensor."""
@@ -44,12 +51,34 @@ def transient(default: Any = None) -> Any:
 # ---- encode ---------------------------------------------------------------------------------
 
 class _Encoder:
-    def __init__(self):
+    def __init__(self, reuse: Reuse | None = None):
         self.tensors: list[torch.Tensor] = []
         self.skipped: list[str] = []
         self._tensor_keys: dict[int, str] = {}
         self._objects: dict[int, int] = {}
         self._open: set[int] = set()
+        self._refs = 0
+        self.reuse = reuse
+        self.raw: list[str] = []               # texts behind the {"__raw__": i} placeholders
+        self.kept: dict[int, tuple[Any, str]] = {}
+
+    def _reused(self, x: Any, make) -> Any:
+        """`make()` — or, for a value vouched immutable, a placeholder for its JSON text, taken
+        from the previous encode when it met the same object (kept only when self-contained)."""
+        reuse = self.reuse
+        same = reuse.immutable.get(id(x)) if reuse is not None else None
+        if same is None or same.obj is not x:
+            return make()
+        hit = reuse.texts.get(id(x))
+        if hit is None or hit[0] is not x:
+            before = (len(self.tensors), len(self._objects), self._refs, len(self.skipped))
+            form = make()
+            if before != (len(self.tensors), len(self._objects), self._refs, len(self.skipped)):
+                return form                    # refers to tensors or shared objects: not reusable
+            hit = (x, _dumps(form))
+        self.kept[id(x)] = hit
+        self.raw.append(hit[1])
+        return {"__raw__": len(self.raw) - 1}
 
     def encode(self, x: Any, path: str, depth: int = 0) -> Any:
         if depth > _MAX_DEPTH:
@@ -68,13 +97,9 @@ class _Encoder:
         if isinstance(x, torch.Tensor):
             return {"__tensor__": self._tensor(x, path)}
         if isinstance(x, np.ndarray):
-            if x.dtype.kind in "biufc":
-                return {"__ndarray__": base64.b64encode(np.ascontiguousarray(x).tobytes()).decode(),
-                        "dtype": x.dtype.str, "shape": list(x.shape)}
-            return {"__ndarray__": None, "dtype": x.dtype.str, "shape": list(x.shape),
-                    "items": enc(x.tolist(), path)}
+            return self._reused(x, lambda: self._array(x, path, depth))
         if isinstance(x, pd.DataFrame):
-            return {"__frame__": self._frame(x, path, depth)}
+            return {"__frame__": self._reused(x, lambda: self._frame(x, path, depth))}
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
             return self._dataclass(x, path, depth)
         if isinstance(x, tuple):
@@ -88,6 +113,13 @@ class _Encoder:
                 return {k: enc(v, f"{path}[{k!r}]") for k, v in x.items()}
             return {"__dict__": [[enc(k, f"{path} key"), enc(v, f"{path}[{k!r}]")] for k, v in x.items()]}
         raise Unencodable(f"{path}: {type(x).__module__}.{type(x).__qualname__}")
+
+    def _array(self, x: np.ndarray, path: str, depth: int) -> dict:
+        if x.dtype.kind in "biufc":
+            return {"__ndarray__": base64.b64encode(np.ascontiguousarray(x).tobytes()).decode(),
+                    "dtype": x.dtype.str, "shape": list(x.shape)}
+        return {"__ndarray__": None, "dtype": x.dtype.str, "shape": list(x.shape),
+                "items": self.encode(x.tolist(), path, depth + 1)}
 
     def _tensor(self, t: torch.Tensor, path: str) -> str:
         if t.layout != torch.strided or t.is_meta or t.is_quantized:
@@ -113,10 +145,17 @@ class _Encoder:
         if not _MODULE.fullmatch(cls.__module__) or not cls.__qualname__.isidentifier():
             raise Unencodable(f"{path}: {cls.__module__}.{cls.__qualname__} is not a project class")
         if id(x) in self._objects:
+            self._refs += 1
             return {"__ref__": self._objects[id(x)]}
         if id(x) in self._open:
             raise Unencodable(f"{path}: refers to itself")
         self._open.add(id(x))
+        out = self._reused(x, lambda: self._fields(x, path, depth))
+        self._open.discard(id(x))
+        self._objects[id(x)] = n = len(self._objects)
+        return {"__dc__": [cls.__module__, cls.__qualname__], "id": n, "fields": out}
+
+    def _fields(self, x: Any, path: str, depth: int) -> dict:
         out = {}
         for f in dataclasses.fields(x):
             if f.metadata.get(SAVED, True):
@@ -124,16 +163,45 @@ class _Encoder:
                     out[f.name] = self.encode(getattr(x, f.name), f"{path}.{f.name}", depth + 1)
                 except Unencodable as err:
                     self.skipped.append(str(err))
-        self._open.discard(id(x))
-        self._objects[id(x)] = n = len(self._objects)
-        return {"__dc__": [cls.__module__, cls.__qualname__], "id": n, "fields": out}
+        return out
 
 
-def encode(obj: Any) -> tuple[Any, list[torch.Tensor], list[str]]:
-    """(JSON tree, tensors in key order t0, t1, …, what was skipped)."""
-    enc = _Encoder()
-    tree = enc.encode(obj, type(obj).__name__)
-    return tree, enc.tensors, enc.skipped
+def _dumps(tree: Any) -> str:
+    return json.dumps(tree, separators=(",", ":"), allow_nan=False)
+
+
+class Reuse:
+    """JSON texts of immutable values, carried from one `to_json` of a state to the next.
+
+    `immutable` (id → Same(value), from `fingerprint`) names the values vouched never to change in
+    place; `to_json` reuses the text it wrote for one of them while it meets the same object again,
+    and keeps only the texts of this call's values (so nothing else is held alive)."""
+
+    def __init__(self, immutable: dict[int, Same] | None = None):
+        self.immutable: dict[int, Same] = immutable or {}
+        self.texts: dict[int, tuple[Any, str]] = {}
+
+
+def to_json(obj: Any, reuse: Reuse | None = None) -> tuple[str, list[torch.Tensor], list[str]]:
+    """(compact JSON text, tensors in key order t0, t1, …, what was skipped). With `reuse`, the
+    values it vouches for are encoded once and their text spliced in on later calls."""
+    enc = _Encoder(reuse)
+    text = _dumps(enc.encode(obj, type(obj).__name__))
+    if reuse is None:
+        return text, enc.tensors, enc.skipped
+    reuse.texts = enc.kept
+    if not enc.raw:
+        return text, enc.tensors, enc.skipped
+    parts, at = [], 0
+    for i, m in enumerate(_RAW.finditer(text)):
+        if i >= len(enc.raw) or m.group(1) != str(i):   # a placeholder-like text in the data: no splice
+            return to_json(obj)
+        parts += [text[at:m.start()], enc.raw[i]]
+        at = m.end()
+    if len(parts) != 2 * len(enc.raw):
+        return to_json(obj)
+    parts.append(text[at:])
+    return "".join(parts), enc.tensors, enc.skipped
 
 
 # ---- decode ---------------------------------------------------------------------------------
@@ -244,3 +312,96 @@ def decode(tree: Any, tensors: dict[str, torch.Tensor] | None = None) -> tuple[A
     dec = _Decoder(tensors or {})
     obj = dec.decode(tree, "state")
     return obj, dec.problems
+
+
+# ---- change detection -----------------------------------------------------------------------
+
+class Same:
+    """A value compared by identity inside a fingerprint (held, so its id cannot be reused)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __eq__(self, other: Any) -> bool:
+        return type(other) is Same and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+
+class _Printer:
+    def __init__(self, known: dict[int, Same]):
+        self.known = known
+        self.immutable: dict[int, Same] = {}
+
+    def of(self, x: Any, depth: int = 0) -> tuple[Any, bool]:
+        """(fingerprint, whether x can never change in place)."""
+        t = type(x)
+        if t is str or x is None:
+            return x, True
+        if t is float:
+            return ("f", x.hex()), True                  # -0.0 ≠ 0.0, NaN = NaN, as written
+        if t is int or t is bool:
+            return (t, x), True                          # 1, 1.0 and True are written differently
+        same = self.known.get(id(x))
+        if same is not None and same.obj is x:           # checked before: immutable
+            self.immutable[id(x)] = same
+            return same, True
+        if depth > _MAX_DEPTH:
+            return Same(x), False                        # (encode refuses it)
+        if isinstance(x, (np.ndarray, pd.DataFrame)):
+            return self._fixed(x), True                  # replaced, never changed in place
+        if isinstance(x, torch.Tensor):
+            return (Same(x), x._version), False
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            return self._dataclass(x, depth)
+        if isinstance(x, (tuple, frozenset)):
+            items = [self.of(v, depth + 1) for v in x]
+            tag = "t" if isinstance(x, tuple) else "s"
+            return (tag, tuple(p for p, _ in items)), all(i for _, i in items)
+        if isinstance(x, (list, set)):
+            tag = "l" if isinstance(x, list) else "s"
+            return (tag, tuple(self.of(v, depth + 1)[0] for v in x)), False
+        if isinstance(x, dict):
+            return ("d", tuple((self.of(k, depth + 1)[0], self.of(v, depth + 1)[0])
+                               for k, v in x.items())), False
+        if x is pd.NA or x is pd.NaT:
+            return None, True
+        if isinstance(x, np.generic):
+            return self.of(x.item(), depth + 1)
+        if isinstance(x, str):
+            return str.__str__(x), True
+        if isinstance(x, (int, float)):                  # subclasses: written as the plain number
+            return self.of(float(x) if isinstance(x, float) else int(x), depth + 1)
+        return Same(x), False                            # not writable: a new one is still noticed
+
+    def _fixed(self, x: Any) -> Same:
+        same = self.immutable[id(x)] = Same(x)
+        return same
+
+    def _dataclass(self, x: Any, depth: int) -> tuple[Any, bool]:
+        prints, fixed = [], type(x).__dataclass_params__.frozen
+        for f in dataclasses.fields(x):
+            if f.metadata.get(SAVED, True):
+                p, i = self.of(getattr(x, f.name), depth + 1)
+                prints.append(p)
+                fixed = fixed and i
+        if fixed:                                        # frozen, and holds nothing mutable
+            return self._fixed(x), True
+        return (Same(x), tuple(prints)), False           # identity too: encode shares objects by it
+
+
+def fingerprint(obj: Any, known: dict[int, Same] | None = None) -> tuple[Any, dict[int, Same]]:
+    """(a value equal to an earlier fingerprint exactly when `to_json` would write the same,
+    the values found immutable: id → Same(value)).
+
+    Numbers and strings are compared by type and value, containers item by item, dataclasses
+    field by field (saved fields only) and by identity, tensors by identity and in-place version.
+    DataFrames and numpy arrays are compared by identity: the app replaces results, it never
+    changes them in place. A frozen dataclass holding only immutable values is compared by
+    identity once checked; pass the previous call's immutable values as `known` to skip checking
+    them again. Costs a walk over the state's containers — no encoding."""
+    printer = _Printer(known or {})
+    return printer.of(obj)[0], printer.immutable
