@@ -9,6 +9,12 @@ bytes, so a damaged or truncated file is detected before anything is applied. `e
 also writes the manifest beside the patch (`<file>.json`) for people to read.
 
 `save_edited_model` writes the whole edited model with `save_pretrained` instead.
+
+Size: a patch holds float32 ΔW of the edited MLP output weights, one per layer per batch (4 MB
+per batch of layer 0 on the demo model, whose widened layer 0 is 8,192 × 128). Reading one is
+refused above `patch_size_limit(handle)` — room for `LIMIT_BATCHES` batches that each change every
+layer, plus the manifest, never more than `LIMIT_CAP_BYTES` — in `apply_patch`, that is in the
+History page and in `workbench session apply` alike.
 """
 
 from __future__ import annotations
@@ -34,6 +40,14 @@ MODES = ("per_batch", "sum")
 # memit_edits.json.
 EDIT_MANIFEST = "workbench_edit.json"
 LEGACY_EDIT_MANIFEST = "memit_edits.json"
+# The largest patch accepted for a model (`patch_size_limit`): this many batches that each change
+# every layer's MLP output weight (float32), plus room for the header and manifest (1,000 edits with
+# their paraphrases and neighbours take about 1 MB), never more than the cap (memory: the file is
+# read whole, then its tensors are copied).
+LIMIT_BATCHES = 8
+LIMIT_MANIFEST_BYTES = 16 * 2**20
+LIMIT_CAP_BYTES = 4 * 2**30
+MB = 2**20                       # the unit of sizes in messages (Streamlit's upload MB too)
 
 
 @dataclass
@@ -64,6 +78,50 @@ class PatchApplyReport:
     n_batches: int
     n_edits: int
     recorded_ids: list[int]
+
+
+def layer_delta_bytes(handle, layers=None) -> int:
+    """Bytes of one float32 ΔW per layer in `layers` (default: every layer) for this model."""
+    layers = range(handle.n_layers) if layers is None else layers
+    return sum(handle.mlp_out_weight(x).numel() * 4 for x in layers)
+
+
+def patch_size_limit(handle) -> int:
+    """The largest patch file accepted for `handle`, in bytes (see the module docstring)."""
+    return min(LIMIT_CAP_BYTES, LIMIT_BATCHES * layer_delta_bytes(handle) + LIMIT_MANIFEST_BYTES)
+
+
+def export_size(handle, ledger, batch_ids, mode: str = "per_batch") -> int:
+    """Bytes of the ΔW an export of these batches holds (the file adds its manifest): per_batch
+    one per batch and layer, sum one per layer."""
+    records = [ledger.get(int(i)) for i in sorted({int(x) for x in batch_ids})]
+    if mode == "sum":
+        return layer_delta_bytes(handle, sorted({x for r in records for x in r.layers}))
+    return sum(layer_delta_bytes(handle, r.layers) for r in records)
+
+
+def format_size(n: int) -> str:
+    """Bytes as people read them: 48.0 KB, 16.4 MB, 1.5 GB (units of 1,024)."""
+    for unit, scale in (("GB", 2**30), ("MB", MB)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1024:.1f} KB"
+
+
+def check_patch_size(path: str | Path, limit: int, model: str | None = None) -> int:
+    """The file's size in bytes; BadInputError(field='patch') when it is over `limit` (a model's
+    `patch_size_limit`, or `LIMIT_CAP_BYTES` before a model is loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"no patch file at {path}", field="patch")
+    size = path.stat().st_size
+    if size > limit:
+        whose = f"patches for '{model}' are" if model else "a patch is"
+        raise BadInputError(
+            f"{path.name} is {format_size(size)}; {whose} limited to {format_size(limit)} (room for "
+            f"{LIMIT_BATCHES} batches that each change every layer, at most {format_size(LIMIT_CAP_BYTES)}). "
+            "Export fewer batches, or with mode sum (one ΔW per layer)", field="patch")
+    return size
 
 
 def _checksum(manifest: dict, tensors: dict[str, torch.Tensor]) -> str:
@@ -129,11 +187,11 @@ def export_patch(ledger, batch_ids, out: str | Path, *, mode: str = "per_batch")
     return out
 
 
-def read_patch(path: str | Path) -> Patch:
-    """Load and verify a patch file; BadInputError(field='patch') when damaged or foreign."""
+def read_patch(path: str | Path, *, max_bytes: int | None = None, model: str | None = None) -> Patch:
+    """Load and verify a patch file; BadInputError(field='patch') when damaged, foreign or larger
+    than `max_bytes` (default `LIMIT_CAP_BYTES`; checked before it is read)."""
     path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"no patch file at {path}", field="patch")
+    check_patch_size(path, LIMIT_CAP_BYTES if max_bytes is None else max_bytes, model)
     payload = path.read_bytes()
     try:
         tensors = st_load(payload)
@@ -152,10 +210,11 @@ def read_patch(path: str | Path) -> Patch:
 def apply_patch(handle, path: str | Path, *, force: bool = False, ledger=None) -> PatchApplyReport:
     """Add a patch's ΔW to the live model; each batch becomes a ledger batch when `ledger` is given.
 
-    Refused (nothing changed) when the patch was made on other base weights, unless `force`;
-    always refused when a layer's shape does not fit. On any error the weights are restored.
+    Refused (nothing changed) when the file is larger than `patch_size_limit(handle)` or the patch
+    was made on other base weights, unless `force`; always refused when a layer's shape does not
+    fit. On any error the weights are restored.
     """
-    patch = read_patch(path)
+    patch = read_patch(path, max_bytes=patch_size_limit(handle), model=handle.name)
     m = patch.manifest
     match = m["base_hash"] == handle.base_hash
     if not match and not force:

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
 import streamlit as st
 
-from core.patch import apply_patch
+from core.patch import MB, apply_patch, export_size, format_size, patch_size_limit
 from workbench import loader, results_flow, state, ui
+
+
+def reupload_note(size: int, sum_size: int | None) -> str | None:
+    """What to do when an export of `size` bytes of ΔW (`sum_size` as sum) could not be uploaded
+    here again (limits: server_mb, model_mb, upload_mb below)."""
+    if size + MB <= upload_mb * MB:          # ΔW plus up to 1 MB of manifest
+        return None
+    fits = sum_size is not None and sum_size + MB <= upload_mb * MB
+    as_sum = f" or as sum ({format_size(sum_size)})" if fits else ""
+    if size > model_mb * MB:
+        return (f"This patch holds {format_size(size)} of ΔW, more than a patch for this model may hold "
+                f"({model_mb} MB): neither this page nor `workbench session apply` would take it back. "
+                f"Export fewer batches{as_sum}.")
+    return (f"This patch holds {format_size(size)} of ΔW, more than this app accepts as an upload ({server_mb} "
+            f"MB, `workbench app --max-upload-mb`). Apply it with `workbench session apply FILE`, start the "
+            f"app with `--max-upload-mb {model_mb}`, or export fewer batches{as_sum}.")
+
 
 s = state.get()
 handle = ui.require_handle(s)
@@ -17,6 +35,11 @@ st.title("History")
 st.caption(f"Every applied batch is recorded in the workspace ({ui.escape_md(ledger.root)}) with its ΔW, so the "
            "history — and the model's state — survive a browser reload and an app restart.")
 st.markdown(f"**Edit state:** {ui.edit_state_text(handle)}")
+# A patch is accepted up to the model's limit (core.patch.patch_size_limit, as in `workbench
+# session apply`), and the server takes no upload above `workbench app --max-upload-mb`.
+server_mb = int(st.get_option("server.maxUploadSize"))
+model_mb = math.ceil(patch_size_limit(handle) / MB)
+upload_mb = min(server_mb, model_mb)
 if s.flash:
     st.success(s.flash, icon=":material/check_circle:")
     s.flash = None
@@ -60,18 +83,29 @@ else:
     mode = st.radio("Mode", ["per_batch", "sum"], horizontal=True, key="export_mode",
                     help="per_batch re-applies exactly as recorded; sum adds one ΔW per layer.")
     if chosen:
+        note = reupload_note(export_size(handle, ledger, chosen, mode),
+                             export_size(handle, ledger, chosen, "sum") if mode == "per_batch" else None)
+        if note:
+            st.warning(note, icon=":material/warning:")
         st.download_button("Download patch", lambda: results_flow.patch_bytes(ledger, chosen, mode),
                            file_name="session.patch.safetensors", key="dl_session_patch",
                            on_click="ignore", icon=":material/download:")
 
 st.subheader("Apply a patch")
 up = st.file_uploader("Patch file (.safetensors)", type=["safetensors"], key="patch_upload",
-                      help="Made by the workbench for the same base model; refused otherwise.")
+                      max_upload_size=upload_mb,
+                      help=f"Made by the workbench for the same base model; refused otherwise. At most "
+                      f"{upload_mb} MB.")
+if server_mb < model_mb:
+    st.caption(f"This app accepts uploads up to {server_mb} MB (`workbench app --max-upload-mb`); a patch "
+               f"for this model may be up to {model_mb} MB. Apply a larger one with `workbench session "
+               f"apply FILE`, or start the app with `--max-upload-mb {model_mb}`.")
 force = st.checkbox("Apply even if it was made for other base weights", key="patch_force",
                     help="Only if you know the models are compatible: a wrong patch corrupts the model.")
 if up is not None and st.button("Apply patch", key="apply_patch"):
     with ui.guard("Apply patch"), tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "upload.safetensors"
+        name = Path(up.name).name               # the user's file name in messages and the ledger
+        path = Path(tmp) / (name if Path(name).suffix == ".safetensors" else "upload.safetensors")
         path.write_bytes(up.getvalue())
         rep = apply_patch(handle, path, force=force, ledger=ledger)
         s.flash = (

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from core.errors import BadInputError
 from core.ledger import Ledger
+from core import patch as patch_mod
 from core.ledger_io import live_weights
 from core.patch import (EDIT_MANIFEST, LEGACY_EDIT_MANIFEST, apply_patch, export_patch, read_patch,
                         save_edited_model)
@@ -132,3 +133,55 @@ def test_saved_model_has_one_manifest_name(tmp_path):
     save_edited_model(h, mine)
     assert json.loads((mine / LEGACY_EDIT_MANIFEST).read_text()) == {"my": "notes"}
     assert json.loads((mine / EDIT_MANIFEST).read_text())["base_hash"] == h.base_hash
+
+
+# ---- size limit -----------------------------------------------------------------------------------
+
+def tensor_bytes(path) -> int:
+    """A safetensors file's tensor data: its size less the 8-byte length and the JSON header."""
+    payload = path.read_bytes()
+    return len(payload) - 8 - int.from_bytes(payload[:8], "little")
+
+
+def test_export_size_is_the_tensor_bytes_of_the_file(tmp_path, session):
+    ledger, live = session                           # batches 1 (layers 1, 2) and 3 (layers 0, 1)
+    w = 32 * 128 * 4                                 # one float32 ΔW of the tiny model's c_proj
+    assert live.mlp_out_weight(0).numel() * 4 == w and patch_mod.layer_delta_bytes(live) == 3 * w
+    assert patch_mod.export_size(live, ledger, [3, 1]) == 4 * w
+    assert patch_mod.export_size(live, ledger, [1, 3], "sum") == 3 * w
+    for mode in ("per_batch", "sum"):
+        out = export_patch(ledger, [1, 3], tmp_path / f"{mode}.safetensors", mode=mode)
+        assert tensor_bytes(out) == patch_mod.export_size(live, ledger, [1, 3], mode)
+
+
+def test_patch_size_limit_from_the_model_with_a_cap(tiny_handle, monkeypatch):
+    w = 32 * 128 * 4
+    assert patch_mod.patch_size_limit(tiny_handle) == 8 * 3 * w + 16 * 2**20
+    monkeypatch.setattr(patch_mod, "LIMIT_CAP_BYTES", 100_000)
+    assert patch_mod.patch_size_limit(tiny_handle) == 100_000
+    assert [patch_mod.format_size(n) for n in (49152, 17 * 2**20 + 2**19, 4 * 2**30)] == [
+        "48.0 KB", "17.5 MB", "4.0 GB"]
+
+
+def test_patch_over_the_model_limit_is_refused_and_changes_nothing(tmp_path, session, monkeypatch):
+    ledger, _ = session
+    small = export_patch(ledger, [3], tmp_path / "one.safetensors")              # 2 layers
+    big = export_patch(ledger, [1, 3], tmp_path / "two.safetensors")             # 4 layer deltas
+    # room for one batch that changes all three layers, no manifest allowance: 3 ΔW
+    monkeypatch.setattr(patch_mod, "LIMIT_BATCHES", 1)
+    monkeypatch.setattr(patch_mod, "LIMIT_MANIFEST_BYTES", 0)
+    fresh, target = make_tiny_handle("gpt2"), Ledger(tmp_path / "target")
+    assert small.stat().st_size <= patch_mod.patch_size_limit(fresh) < big.stat().st_size
+    start = live_weights(fresh, [0, 1, 2])
+    with pytest.raises(BadInputError, match=r"two.safetensors is \d+\.\d KB; patches for 'tiny-gpt2' are limited to 48\.0 KB") as err:
+        apply_patch(fresh, big, ledger=target)
+    assert err.value.field == "patch" and "mode sum" in str(err.value)
+    assert f"is {patch_mod.format_size(big.stat().st_size)};" in str(err.value)
+    assert all(torch.equal(a, b) for a, b in zip(start.values(), live_weights(fresh, [0, 1, 2]).values()))
+    assert target.batches() == []
+    assert apply_patch(fresh, small, ledger=target).recorded_ids == [1]          # under the limit: applied
+    # before a model is loaded the cap alone applies (`workbench session apply` reads it first)
+    monkeypatch.setattr(patch_mod, "LIMIT_CAP_BYTES", small.stat().st_size - 1)
+    with pytest.raises(BadInputError, match="a patch is limited to"):
+        read_patch(small)
+    assert read_patch(small, max_bytes=small.stat().st_size).manifest["n_edits"] == 1

@@ -139,3 +139,35 @@ def test_replay_and_apply_with_json_to_stdout_print_only_json(tmp_path, capsys):
     assert main(["session", "apply", patch, "--workspace", str(tmp_path / "ws2"), *common, "--json", "-"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["recorded_ids"] == [1] and "applied 1 batch(es)" in err
+
+
+def test_apply_refuses_a_patch_over_the_model_limit(tmp_path, capsys, monkeypatch):
+    """`session apply` uses the History page's limit (core.patch.patch_size_limit): over it, exit 2
+    with the sizes, nothing recorded; the same file under the limit applies."""
+    import core.patch as patch_mod
+
+    model = tmp_path / "model"
+    save_tiny_model(model)
+    live = load_model(str(model), device="cpu")
+    ledger = Ledger(str(tmp_path / "ws"))
+    record_seeded(ledger, live, [0, 1, 2], 0)
+    record_seeded(ledger, live, [1], 1)
+    patch = str(tmp_path / "two.safetensors")
+    assert main(["session", "export", "1", "2", "--out", patch, "--workspace", str(tmp_path / "ws")]) == 0
+    ws2 = str(tmp_path / "ws2")
+    common = ["--model", str(model), "--device", "cpu", "--workspace", ws2]
+    monkeypatch.setattr(patch_mod, "LIMIT_BATCHES", 1)          # one batch of every layer, no manifest room
+    monkeypatch.setattr(patch_mod, "LIMIT_MANIFEST_BYTES", 0)
+    capsys.readouterr()
+    assert main(["session", "apply", patch, *common]) == 2
+    err = capsys.readouterr().err
+    assert "patch: two.safetensors is" in err and "patches for" in err and "limited to 48.0 KB" in err
+    assert Ledger(ws2).batches() == []
+    monkeypatch.setattr(patch_mod, "LIMIT_BATCHES", 2)
+    assert main(["session", "apply", patch, *common]) == 0
+    assert [b.id for b in Ledger(ws2).batches()] == [1, 2]
+    # over the cap, refused before the model is loaded
+    monkeypatch.setattr(patch_mod, "LIMIT_CAP_BYTES", 1000)
+    assert main(["session", "apply", patch, "--model", str(tmp_path / "no-model"), "--workspace", ws2]) == 2
+    err = capsys.readouterr().err
+    assert "a patch is limited to 1.0 KB" in err and "no-model" not in err

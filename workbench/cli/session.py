@@ -82,7 +82,10 @@ def register(sub) -> None:
     p.add_argument("--sum", action="store_true", help="one summed ΔW per layer instead of one per batch")
     add_workspace_arg(p)
     p.set_defaults(handler=cmd_export)
-    p = ss.add_parser("apply", help="apply a patch to the model and record it in the workspace")
+    p = ss.add_parser("apply", help="apply a patch to the model and record it in the workspace",
+                      description="Apply a patch to the model (after replaying the workspace's history) "
+                      "and record its batches. A patch larger than the model allows (room for 8 batches "
+                      "that each change every layer, at most 4 GB: the History page's limit too) is refused.")
     p.add_argument("patch", help="patch file from `workbench session export`")
     p.add_argument("--force", action="store_true", help="apply even if the patch was made on other base weights")
     add_model_args(p)

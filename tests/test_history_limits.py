@@ -1,0 +1,93 @@
+"""AppTest of the History page's patch size limits on a tiny model: the uploader takes what the
+model's limit (core.patch.patch_size_limit) and the server's --max-upload-mb both allow, the page
+says which binds and warns before a download that could not be uploaded again, and an uploaded
+patch over the model's limit is refused with the sizes, the model unchanged."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from streamlit import config
+
+import core.patch as patch_mod
+from tests.app_helpers import default_model, errors, handle_of, open_page, same_weights, save_app_model, weights
+from tests.ledger_helpers import record_seeded
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tmp_path_factory):
+    name = str(tmp_path_factory.mktemp("tiny-app-model"))
+    save_app_model(name)
+    with default_model(name):
+        yield name
+
+
+@pytest.fixture
+def server_mb():
+    """Set the server's upload limit (what `workbench app --max-upload-mb` sets) for one test."""
+    before = config.get_option("server.maxUploadSize")
+    yield lambda mb: config.set_option("server.maxUploadSize", mb)
+    config.set_option("server.maxUploadSize", before)
+
+
+def uploader_limit(at) -> int:
+    return at.get("file_uploader")[0].proto.max_upload_size_mb
+
+
+def test_upload_limit_follows_the_model_and_the_server(tiny_app, server_mb, tmp_path):
+    from workbench import loader
+
+    at = open_page("history")
+    handle = handle_of(tiny_app)
+    model_mb = math.ceil(patch_mod.patch_size_limit(handle) / 2**20)
+    assert model_mb == 17                      # 8 batches × 3 layers × 16 KB + 16 MB of manifest room
+    assert uploader_limit(at) == 17            # AppTest's server allows 200 MB: the model binds
+    assert not [c for c in at.caption if "--max-upload-mb" in c.value]
+
+    ledger = loader.get_ledger()
+    start = weights(handle)
+    try:
+        record_seeded(ledger, handle, [0, 1, 2], 0)
+        record_seeded(ledger, handle, [1], 1)
+        at.run()
+        assert not at.exception, at.exception
+        assert not [w for w in at.warning if "upload" in w.value]     # 64 KB: fits
+        server_mb(1)                                                   # workbench app --max-upload-mb 1
+        at.run()
+        assert uploader_limit(at) == 1
+        caption = next(c.value for c in at.caption if "--max-upload-mb" in c.value)
+        assert "up to 1 MB" in caption and "up to 17 MB" in caption and "`--max-upload-mb 17`" in caption
+        # 64 KB of ΔW plus up to 1 MB of manifest may not fit into 1 MB: said before the download
+        warning = next(w.value for w in at.warning if "upload" in w.value)
+        assert "This patch holds 64.0 KB of ΔW" in warning and "(1 MB, `workbench app --max-upload-mb`)" in warning
+        assert "`workbench session apply FILE`" in warning
+    finally:
+        while ledger.batches(handle.base_hash, status="applied"):
+            ledger.undo(handle)
+    assert same_weights(start, weights(handle))
+
+
+def test_uploaded_patch_over_the_model_limit_is_refused(tiny_app, monkeypatch, tmp_path):
+    from workbench import loader
+
+    handle = handle_of(tiny_app)
+    ledger = loader.get_ledger()
+    start = weights(handle)
+    record_seeded(ledger, handle, [0, 1, 2], 0)
+    record_seeded(ledger, handle, [1], 1)
+    ids = [b.id for b in ledger.batches(handle.base_hash, status="applied")]
+    patch = patch_mod.export_patch(ledger, ids, tmp_path / "two.safetensors")
+    while ledger.batches(handle.base_hash, status="applied"):
+        ledger.undo(handle)
+    assert same_weights(start, weights(handle))
+    n_batches = len(ledger.batches())
+    monkeypatch.setattr(patch_mod, "LIMIT_BATCHES", 1)        # room for 3 ΔW (48 KB); the patch holds 4
+    monkeypatch.setattr(patch_mod, "LIMIT_MANIFEST_BYTES", 0)
+    at = open_page("history")
+    at.get("file_uploader")[0].set_value(("two.safetensors", patch.read_bytes(), "application/octet-stream")).run()
+    at.button(key="apply_patch").click().run()
+    assert not at.exception, at.exception
+    msgs = errors(at)
+    assert len(msgs) == 1 and "two.safetensors is" in msgs[0] and "limited to 48.0 KB" in msgs[0], msgs
+    assert same_weights(start, weights(handle)) and len(ledger.batches()) == n_batches
