@@ -23,9 +23,12 @@ def use_example(fact) -> None:
 examples = trace_flow.example_facts(4)
 if examples:
     st.caption("Examples from the demo world — one click fills the form:")
-    for col, fact in zip(st.columns(len(examples)), examples):
-        col.button(ui.escape_md(fact.prompt), key=f"example_{fact.known_id}", on_click=use_example, args=(fact,),
-                   help=f"Subject: {ui.escape_md(fact.subject)} · the model should answer "
+    # A row that wraps: each button as wide as its whole prompt, moved to the next line when the
+    # page is narrow (in equal columns the labels were cut off with an ellipsis).
+    row = st.container(horizontal=True, wrap=True, gap="small", key="trace_examples")
+    for fact in examples:
+        row.button(ui.escape_md(fact.prompt), key=f"example_{fact.known_id}", on_click=use_example, args=(fact,),
+                   wrap=True, help=f"Subject: {ui.escape_md(fact.subject)} · the model should answer "
                    f"{ui.escape_md(fact.answer)}")
 
 st.session_state.setdefault("trace_prompt", s.trace_prompt)
