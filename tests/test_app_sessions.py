@@ -140,3 +140,166 @@ def test_unreadable_session_in_the_url_is_a_message_and_a_new_session(tiny_model
     assert not at.exception, at.exception
     assert at.session_state[STATE_KEY].session_id != sid
     assert [t.value for t in at.toast if "could not be read" in t.value and sid in t.value]
+
+
+# ---- the page, deleting, pruning, duplicated tabs ---------------------------------------------
+
+def saved_on_page(page: str, layers: list[int]) -> str:
+    """A session saved while its tab showed `page`; returns its id."""
+    at = open_page(page)
+    s = at.session_state[STATE_KEY]
+    s.edit_layers = layers
+    at.run()
+    assert not at.exception, at.exception
+    return s.session_id
+
+
+def test_a_restored_session_reopens_on_its_page(tiny_model):
+    from workbench import session_store, state
+
+    sid = saved_on_page("trace", [1])
+    assert session_store.read_summary(state.sessions_root() / sid)["page"] == "trace"
+    at = new_app()                                           # the URL names the session, not a page
+    at.query_params[SESSION_PARAM] = sid
+    at.run()
+    assert not at.exception, at.exception
+    assert at.text_input(key="trace_prompt").value == ""     # the Causal trace page
+    assert at.session_state[STATE_KEY].session_id == sid and at.query_params[SESSION_PARAM] == sid
+    # moving to another page is saved (summary only: the state itself did not change)
+    folder = state.sessions_root() / sid
+    stamp = (folder / session_store.STATE_FILE).stat().st_mtime_ns
+    at.switch_page("../pages/edit.py").run()
+    assert session_store.read_summary(folder)["page"] == "edit"
+    assert (folder / session_store.STATE_FILE).stat().st_mtime_ns == stamp
+    explicit = new_app()                                     # a URL that names a page keeps it
+    explicit.query_params[SESSION_PARAM] = sid
+    explicit.switch_page("../pages/results.py").run()
+    assert not explicit.exception and not explicit.text_input
+    assert any("No edit in this session yet" in i.value for i in explicit.info)
+    assert session_store.read_summary(folder)["page"] == "results"
+    # from the Sessions menu of a tab on another page: the page the session was on last
+    other = open_page("history")
+    other.session_state["sessions_menu"] = True
+    other.run()
+    other.button(key=f"open_session_{sid}").click().run()
+    assert not other.exception, other.exception
+    assert other.session_state[STATE_KEY].session_id == sid
+    assert any("No edit in this session yet" in i.value for i in other.info)         # Results
+    assert not [b for b in other.button if b.key == "undo"]                          # not History
+
+
+def test_a_new_session_is_not_saved_for_moving_between_pages(tiny_model):
+    from workbench import state
+
+    at = open_page("trace")
+    at.switch_page("../pages/results.py").run()
+    assert not (state.sessions_root() / at.session_state[STATE_KEY].session_id).exists()
+
+
+def test_the_menu_deletes_a_session_after_asking_never_the_open_one(tiny_model):
+    from workbench import state
+
+    old = saved_on_page("model", [2])
+    at = new_app().run()
+    s = at.session_state[STATE_KEY]
+    s.edit_layers = [0]
+    at.session_state["sessions_menu"] = True
+    at.run()
+    assert [b.key for b in at.button if b.key == f"delete_session_{s.session_id}"] == []   # not its own
+    at.button(key=f"delete_session_{old}").click().run()
+    assert [w.value for w in at.warning if "Delete this session?" in w.value]
+    assert (state.sessions_root() / old).is_dir()                                        # asked only
+    at.button(key="cancel_delete_session").click().run()
+    assert not [w for w in at.warning if "Delete this session?" in w.value]
+    assert (state.sessions_root() / old).is_dir()
+    at.button(key=f"delete_session_{old}").click().run()
+    at.button(key="confirm_delete_session").click().run()
+    assert not at.exception, at.exception
+    assert not (state.sessions_root() / old).exists()
+    assert [t.value for t in at.toast if t.value == "Session deleted."]
+    assert not [b for b in at.button if b.key == f"open_session_{old}"]
+    assert (state.sessions_root() / s.session_id).is_dir()                               # its own stays
+
+
+def test_old_sessions_are_pruned_when_a_tab_starts(tiny_model, monkeypatch):
+    import time
+
+    from workbench import state
+
+    monkeypatch.setenv(state.KEEP_SESSIONS_ENV, "0")                     # no count limit here
+    monkeypatch.setenv(state.KEEP_SESSION_DAYS_ENV, "30")
+    old, kept, opened = (saved_on_page("model", [i]) for i in (1, 2, 3))
+    long_ago = time.time() - 40 * 86400
+    for sid in (old, opened):
+        os.utime(state.sessions_root() / sid / "state.json", (long_ago, long_ago))
+    at = new_app()
+    at.query_params[SESSION_PARAM] = opened                             # old, but the one this tab opens
+    at.run()
+    assert not at.exception, at.exception
+    assert not (state.sessions_root() / old).exists()
+    assert (state.sessions_root() / kept).is_dir() and (state.sessions_root() / opened).is_dir()
+    assert at.session_state[STATE_KEY].edit_layers == [3]
+
+
+@pytest.fixture
+def tabs(monkeypatch):
+    """Each AppTest instance as its own browser tab (AppTest gives all one Streamlit session id),
+    connected while its name is in the returned set."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    from workbench import state
+
+    live: set[str] = set()
+    monkeypatch.setattr(state, "tab_id", lambda: f"tab-{id(get_script_run_ctx().session_state._state)}")
+    monkeypatch.setattr(state.owners(), "_is_live", lambda tab: tab in live)
+    return live
+
+
+def tab_of(at) -> str:
+    return f"tab-{id(at._session_state._state)}"
+
+
+def test_a_duplicated_tab_continues_as_a_copy(tiny_model, tabs):
+    from workbench import state
+
+    a = new_app()
+    tabs.add(tab_of(a))
+    a.run()
+    a.session_state[STATE_KEY].edit_layers = [1]
+    a.run()
+    first = a.session_state[STATE_KEY].session_id
+    b = new_app()                                               # the tab duplicated: same URL
+    tabs.add(tab_of(b))
+    b.query_params[SESSION_PARAM] = first
+    b.run()
+    assert not b.exception, b.exception
+    sb = b.session_state[STATE_KEY]
+    copy = sb.session_id
+    assert copy != first and b.query_params[SESSION_PARAM] == copy
+    assert sb.edit_layers == [1]                                # a copy of the saved session
+    assert [t for t in b.toast if "open in another tab too" in t.value and first in t.value]
+    sb.edit_layers = [2]
+    b.run()
+    a.run()
+    assert a.session_state[STATE_KEY].session_id == first and not a.toast
+    assert state.restore(first)[0].edit_layers == [1]           # b did not overwrite a
+    assert state.restore(copy)[0].edit_layers == [2]
+    # b's menu: a's session is open elsewhere — Open makes a copy, Delete is off
+    b.session_state["sessions_menu"] = True
+    b.run()
+    assert b.button(key=f"delete_session_{first}").disabled
+    assert "copy" in b.button(key=f"open_session_{first}").help
+    # tab a disconnects; a reload (a new tab with a's URL) takes a's session over, no copy
+    tabs.discard(tab_of(a))
+    c = new_app()
+    tabs.add(tab_of(c))
+    c.query_params[SESSION_PARAM] = first
+    c.run()
+    assert c.session_state[STATE_KEY].session_id == first and not c.toast
+    # a comes back (its connection resumed) and runs again: now it is the one that copies
+    tabs.add(tab_of(a))
+    a.run()
+    assert not a.exception, a.exception
+    assert a.session_state[STATE_KEY].session_id not in (first, copy)
+    assert a.query_params[SESSION_PARAM] == a.session_state[STATE_KEY].session_id
+    assert [t for t in a.toast if "open in another tab too" in t.value]

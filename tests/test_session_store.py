@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -295,3 +296,86 @@ def test_fingerprint_compares_by_type_value_and_identity():
     assert immutable[id(req)].obj is req                                # frozen, only immutable values
     assert fingerprint([req], immutable)[0] == first
     assert fingerprint([EditRequest(prompt="{} is", subject="A", target_new="b")], immutable)[0] != first
+
+
+# ---- retention and the summary ------------------------------------------------------------------
+
+DAY = 86400.0
+
+
+def saved_aged(root, ages_days: list[float], now: float) -> list[str]:
+    """One small saved session per age (days since its state was written); their ids."""
+    ids = []
+    for age in ages_days:
+        s = WorkbenchState(edit_layers=[int(age)])
+        store.save(s, root / s.session_id)
+        when = now - age * DAY
+        os.utime(root / s.session_id / store.STATE_FILE, (when, when))
+        ids.append(s.session_id)
+    return ids
+
+
+def test_prune_keeps_the_most_recent_the_protected_and_the_recently_changed(tmp_path):
+    now = 2_000_000_000.0
+    fresh, two, three, four, forty, fifty = saved_aged(tmp_path, [0.1, 2, 3, 4, 40, 50], now)
+    broken = tmp_path / "0123456789ab"                         # a folder whose first write failed
+    broken.mkdir()
+    os.utime(broken, (now - 60 * DAY, now - 60 * DAY))
+    (tmp_path / ".deleting-feedfeedfeed-1234").mkdir()         # left by an interrupted delete
+    (tmp_path / "notes").mkdir()                               # not a session: never touched
+    gone = store.prune(tmp_path, keep=3, max_age_s=30 * DAY, protect={fifty}, grace_s=DAY, now=now)
+    assert gone == [four, forty, broken.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh, two, three, fifty, "notes"])
+    # beyond the number kept, but changed within the grace period: kept
+    assert store.prune(tmp_path, keep=1, max_age_s=None, protect={fifty}, grace_s=2.5 * DAY, now=now) == [three]
+    assert [sid for sid, _, _ in store.list_sessions(tmp_path)] == [fresh, two, fifty]
+    assert store.prune(tmp_path, keep=None, max_age_s=None, now=now) == []
+
+
+def test_delete_takes_only_a_session_folder(tmp_path):
+    (root := tmp_path / "sessions").mkdir()
+    [sid] = saved_aged(root, [1], 2_000_000_000.0)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("x")
+    (root / "abcdefabcdef").symlink_to(outside, target_is_directory=True)
+    for bad in ["../outside", "ABCDEFABCDEF", "", None, "abc"]:
+        assert store.delete(root, bad) is False
+    assert store.delete(root, "abcdefabcdef") is True           # the link goes, not what it points to
+    assert (outside / "keep.txt").read_text() == "x" and not (root / "abcdefabcdef").exists()
+    assert store.delete(root, sid) is True and store.delete(root, sid) is False
+    assert list(root.iterdir()) == []
+
+
+def test_retention_settings(monkeypatch, caplog):
+    monkeypatch.delenv(state.KEEP_SESSIONS_ENV, raising=False)
+    monkeypatch.delenv(state.KEEP_SESSION_DAYS_ENV, raising=False)
+    assert state.retention() == (state.KEEP_SESSIONS, state.KEEP_SESSION_DAYS * DAY) == (50, 90 * DAY)
+    monkeypatch.setenv(state.KEEP_SESSIONS_ENV, "0")
+    monkeypatch.setenv(state.KEEP_SESSION_DAYS_ENV, " 7 ")
+    assert state.retention() == (None, 7 * DAY)
+    assert "all but" not in state.retention_text() and "unchanged for 7 days" in state.retention_text()
+    for bad in ["-1", "ten", "2.5"]:
+        monkeypatch.setenv(state.KEEP_SESSIONS_ENV, bad)
+        with caplog.at_level(logging.WARNING, logger="workbench.state"):
+            assert state.retention()[0] == 50
+        assert bad in caplog.text
+    monkeypatch.setenv(state.KEEP_SESSIONS_ENV, "0")
+    monkeypatch.setenv(state.KEEP_SESSION_DAYS_ENV, "0")
+    assert state.retention() == (None, None) and "until you delete them" in state.retention_text()
+
+
+def test_a_summary_change_alone_rewrites_only_the_summary_of_a_saved_session(tmp_path):
+    s = WorkbenchState(edit_layers=[1])
+    fresh = store.mark(s)                                      # a new session: not in its folder yet
+    assert store.save(s, tmp_path, fresh, {"page": "trace"}) is fresh
+    assert not tmp_path.joinpath(store.SUMMARY_FILE).exists()
+    s.edit_layers = [2]
+    first = store.save(s, tmp_path, fresh, {"page": "trace"})
+    stamp = (tmp_path / store.STATE_FILE).stat().st_mtime_ns
+    again = store.save(s, tmp_path, first, {"page": "edit"})
+    assert store.read_summary(tmp_path) == {"page": "edit"} and again.summary == {"page": "edit"}
+    assert (tmp_path / store.STATE_FILE).stat().st_mtime_ns == stamp
+    back = store.load(tmp_path, WorkbenchState)
+    assert back.mark.written and back.mark.summary == {"page": "edit"}
+    assert store.save(back.obj, tmp_path, back.mark, {"page": "edit"}) is back.mark

@@ -3,7 +3,8 @@
 Run with `workbench app` (binds 127.0.0.1) or `streamlit run workbench/app.py`. Pages live in the
 project's `pages/` folder, one user task each; this file only sets up the page, the navigation,
 the sidebar (model card, Sessions menu), keeps the session id in the URL (`?session=<id>`, so a
-reload restores the session) and saves the session at the end of every run (see workbench/state.py).
+reload restores the session), makes sure no two tabs write one session, reopens a restored
+session on its page and saves the session at the end of every run (see workbench/state.py).
 """
 
 from __future__ import annotations
@@ -31,21 +32,25 @@ PAGES = {
 
 
 def build_navigation():
-    sections = {}
-    for section, pages in PAGES.items():
-        sections[section] = [
-            st.Page(ui.page_path(name), title=title, icon=icon, url_path=name, default=name == "model")
-            for name, title, icon in pages
-        ]
-    return st.navigation(sections)
+    """(the page this run shows, every page by name — for st.switch_page)."""
+    pages = {name: st.Page(ui.page_path(name), title=title, icon=icon, url_path=name,
+                           default=name == state.DEFAULT_PAGE)
+             for section in PAGES.values() for name, title, icon in section}
+    sections = {section: [pages[name] for name, _, _ in entries] for section, entries in PAGES.items()}
+    return st.navigation(sections), pages
 
 
 s = state.get()
 try:
+    state.keep_own(s)                  # a duplicated tab continues as a copy under a new id
     # Streamlit drops query parameters on page navigation: put the id back on every run.
     if st.query_params.get(state.SESSION_PARAM) != s.session_id:
         st.query_params[state.SESSION_PARAM] = s.session_id
-    nav = build_navigation()
+    nav, pages = build_navigation()
+    shown = nav.url_path or state.DEFAULT_PAGE           # the default page's url_path is ""
+    if (target := state.page_to_reopen(s, shown)) in pages:
+        st.switch_page(pages[target], query_params={state.SESSION_PARAM: s.session_id})
+    s.page = shown
     with st.sidebar:
         ui.sidebar_card(s)
         ui.sessions_menu(s)

@@ -9,14 +9,21 @@ runs after every script run, so it first compares the state's `fingerprint` with
 last write (its `Mark`): a walk over the state, no encoding. Only when that differs is the state
 encoded — the JSON text of unchanged DataFrames, arrays and requests reused from the last write —
 and written if its JSON differs; the tensor file is rewritten only when the set of tensors
-changed (identity and in-place version of each). No streamlit, no pickle.
+changed (identity and in-place version of each). `summary.json` (what the Sessions menu shows,
+and the page the tab shows) is rewritten on its own when only it changed.
+
+Retention: `delete` removes one saved session, `prune` the ones beyond a number kept or older
+than an age (never protected ones, never one changed within a grace period); both move the
+folder aside first, so a crash midway never leaves half a session. No streamlit, no pickle.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -54,6 +61,8 @@ class Mark:
     token: str | None                     # id of the tensor file written (None: no tensor file)
     fingerprint: Any = None               # state_codec.fingerprint of the state written
     reuse: Reuse = field(default_factory=Reuse)
+    summary: dict | None = None           # summary.json as written (without saved_at)
+    written: bool = False                 # the folder holds this state (False: a new, unsaved one)
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -63,12 +72,26 @@ def _tensor_sig(tensors: list[torch.Tensor]) -> tuple:
     return tuple((id(t), t._version, tuple(t.shape), str(t.dtype), str(t.device)) for t in tensors)
 
 
-def mark(obj: Any, token: str | None = None) -> Mark:
-    """The Mark of `obj` as if it had just been saved (a fresh or just-loaded state)."""
+def mark(obj: Any, token: str | None = None, summary: dict | None = None, written: bool = False) -> Mark:
+    """The Mark of `obj` as if it had just been saved: a fresh state (nothing is written until it
+    changes), or a just-loaded one (`written`, with the token and summary read)."""
     fp, immutable = fingerprint(obj)
     reuse = Reuse(immutable)
     skeleton, tensors, _ = to_json(obj, reuse)
-    return Mark(skeleton, _tensor_sig(tensors), token, fp, reuse)
+    return Mark(skeleton, _tensor_sig(tensors), token, fp, reuse, summary, written)
+
+
+def _write_summary(folder: Path, summary: dict, saved_at: float) -> None:
+    write_atomic(folder / SUMMARY_FILE, json.dumps({**summary, "saved_at": saved_at}).encode("utf-8"))
+
+
+def _with_summary(last: Mark, folder: Path, summary: dict | None) -> Mark:
+    """`last`, its summary rewritten when only that changed (the page a tab shows) — for a state
+    already in its folder: a new session is not written for that alone."""
+    if summary is None or summary == last.summary or not last.written:
+        return last
+    _write_summary(folder, summary, time.time())
+    return replace(last, summary=summary)
 
 
 def save(obj: Any, folder: Path, last: Mark | None = None, summary: dict | None = None) -> Mark:
@@ -77,13 +100,13 @@ def save(obj: Any, folder: Path, last: Mark | None = None, summary: dict | None 
 
     fp, immutable = fingerprint(obj, last.reuse.immutable if last is not None else None)
     if last is not None and last.fingerprint == fp:
-        return last                                        # unchanged: nothing encoded
+        return _with_summary(last, folder, summary)        # unchanged: nothing encoded
     reuse = last.reuse if last is not None else Reuse()
     reuse.immutable = immutable
     skeleton, tensors, skipped = to_json(obj, reuse)
     sig = _tensor_sig(tensors)
     if last is not None and last.skeleton == skeleton and last.tensor_sig == sig:
-        return replace(last, fingerprint=fp)              # new objects, same content
+        return _with_summary(replace(last, fingerprint=fp), folder, summary)   # new objects, same content
     for what in skipped:
         LOG.warning("session not saved in full: %s cannot be written", what)
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,9 +121,8 @@ def save(obj: Any, folder: Path, last: Mark | None = None, summary: dict | None 
     if not tensors:
         (folder / TENSOR_FILE).unlink(missing_ok=True)
     if summary is not None:
-        text = json.dumps({**summary, "saved_at": saved_at})
-        write_atomic(folder / SUMMARY_FILE, text.encode("utf-8"))
-    return Mark(skeleton, sig, token, fp, reuse)
+        _write_summary(folder, summary, saved_at)
+    return Mark(skeleton, sig, token, fp, reuse, summary, written=True)
 
 
 @dataclass
@@ -139,7 +161,7 @@ def load(folder: Path, expected: type) -> Loaded:
         raise SessionError(f"{type(err).__name__}: {err}") from err
     if not isinstance(obj, expected):
         raise SessionError(f"{STATE_FILE} holds a {type(obj).__name__}, not a {expected.__name__}")
-    return Loaded(obj, problems + more, mark(obj, data.get("tensors")))
+    return Loaded(obj, problems + more, mark(obj, data.get("tensors"), read_summary(folder), written=True))
 
 
 def read_field(folder: Path, name: str, default: Any = None) -> Any:
@@ -151,24 +173,79 @@ def read_field(folder: Path, name: str, default: Any = None) -> Any:
         return default
 
 
-def list_sessions(root: Path, limit: int | None = None) -> list[tuple[str, float, dict]]:
-    """Saved sessions under `root`, most recent first: (id, mtime of its state, its summary)."""
+def read_summary(folder: Path) -> dict:
+    """A saved session's summary.json without its time ({} when missing or unreadable)."""
+    try:
+        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(summary, dict):
+        return {}
+    summary.pop("saved_at", None)
+    return summary
+
+
+def _scan(root: Path, unreadable: bool = False) -> list[tuple[str, float]]:
+    """(id, when its state was last written), most recent first; with `unreadable`, folders
+    without a state file too (by the folder's own time)."""
     found = []
     try:
-        entries = [e for e in os.scandir(root) if valid_id(e.name)]
+        entries = [e for e in os.scandir(root) if valid_id(e.name) and e.is_dir(follow_symlinks=False)]
     except OSError:
         return []
     for entry in entries:
         try:
             found.append((entry.name, os.stat(Path(entry.path) / STATE_FILE).st_mtime))
         except OSError:
-            continue
+            if unreadable:
+                with contextlib.suppress(OSError):
+                    found.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
     found.sort(key=lambda e: e[1], reverse=True)
-    out = []
-    for sid, when in found[:limit]:
-        try:
-            summary = json.loads((root / sid / SUMMARY_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            summary = {}
-        out.append((sid, when, summary if isinstance(summary, dict) else {}))
-    return out
+    return found
+
+
+def list_sessions(root: Path, limit: int | None = None) -> list[tuple[str, float, dict]]:
+    """Saved sessions under `root`, most recent first: (id, mtime of its state, its summary)."""
+    return [(sid, when, read_summary(root / sid)) for sid, when in _scan(root)[:limit]]
+
+
+_ASIDE = ".deleting-"                    # a folder being deleted (left over only by a crash)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def delete(root: Path, session_id: str) -> bool:
+    """Delete the saved session `session_id` under `root`; False when there was none. The folder
+    is renamed first (atomic), so a crash midway leaves no half session that would still open."""
+    if not valid_id(session_id):
+        return False
+    aside = root / f"{_ASIDE}{session_id}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(root / session_id, aside)
+    except FileNotFoundError:
+        return False
+    _remove(aside)
+    return True
+
+
+def prune(root: Path, keep: int | None, max_age_s: float | None, protect=(), grace_s: float = 86400.0,
+          now: float | None = None) -> list[str]:
+    """Delete the saved sessions beyond the `keep` most recently changed and those unchanged for
+    more than `max_age_s` (None: no such limit) — never one in `protect`, never one changed in the
+    last `grace_s` seconds. Leftovers of interrupted deletions go too. Returns the ids deleted."""
+    now = time.time() if now is None else now
+    gone = []
+    for rank, (sid, when) in enumerate(_scan(root, unreadable=True)):
+        old = (keep is not None and rank >= keep) or (max_age_s is not None and now - when > max_age_s)
+        if old and sid not in protect and now - when > grace_s and delete(root, sid):
+            gone.append(sid)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            if entry.name.startswith(_ASIDE):
+                _remove(Path(entry.path))
+    return gone

@@ -11,10 +11,22 @@ Nothing a user made is lost on a reload or an app restart:
 - the URL carries the id (`?session=<id>`, set by `workbench/app.py` on every run), so a reload
   restores the session; a session opened without an id starts a new one whose draft is the most
   recently saved session's draft (or the old `<workspace>/app/draft.json`);
-- the sidebar's Sessions menu reopens an earlier session;
+- the page a tab shows goes to the session's `summary.json`: a restored session reopens on it
+  (from the Sessions menu, or a URL that names no page; a reload's URL names it already);
+- the sidebar's Sessions menu reopens an earlier session, or deletes one (confirmed);
 - applied batches are in the edit ledger (`core.ledger`), which the History page reads.
 Not saved (process-local or derived): the original weights of a run (`RunRecord.applied`; undo
 goes through the ledger), the capacity check, the one-shot flash message.
+
+Retention: when a tab starts, saved sessions beyond the `KEEP_SESSIONS` most recently changed,
+and those unchanged for `KEEP_SESSION_DAYS`, are deleted — never the tab's own, never one open
+in another connected tab, never one changed in the last day (`PRUNE_GRACE_DAYS`).
+
+One session, one tab: `keep_own` (every run) makes the tab that opened a session its owner in a
+process-wide registry (`Owners`); a second connected tab that opens the same id (a duplicated
+tab) continues as a copy under a new id, so neither overwrites the other's work. Tabs are told
+apart by Streamlit's session id and counted as connected by `Runtime.is_active_session`; only
+tabs served by this process are seen (a second server on the same workspace is not).
 The model itself is shared by all sessions (see `workbench.loader`).
 """
 
@@ -23,6 +35,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +50,15 @@ from workbench.state_codec import SAVED, transient
 LOG = logging.getLogger("workbench.state")
 STATE_KEY = "workbench_state"
 SESSION_PARAM = "session"              # the URL query parameter that names the session
+DEFAULT_PAGE = "model"                 # the page a new tab opens on (url_path of workbench/app.py's pages)
 DEFAULT_MODEL_ENV = "WORKBENCH_DEFAULT_MODEL"
+# Retention of saved sessions (applied when a tab starts; see prune_sessions). The environment
+# variables override the defaults; 0 means no limit.
+KEEP_SESSIONS = 50                     # the most recently changed sessions kept
+KEEP_SESSIONS_ENV = "WORKBENCH_KEEP_SESSIONS"
+KEEP_SESSION_DAYS = 90                 # a session unchanged for longer is deleted
+KEEP_SESSION_DAYS_ENV = "WORKBENCH_KEEP_SESSION_DAYS"
+PRUNE_GRACE_DAYS = 1                   # a session changed more recently is never deleted
 DRAFT_COLUMNS = ["subject", "relation", "prompt", "target_new", "target_true",
                  "paraphrase_prompts", "neighborhood_prompts", "generation_prompts"]
 
@@ -101,6 +123,11 @@ class WorkbenchState:
     learn: dict = field(default_factory=dict)
     # what the session folder holds now (session_store.Mark; process-local)
     store_mark: Any = transient()
+    # the page this tab shows (saved in summary.json, not state.json: moving between pages is
+    # not a change that makes a new session worth writing)
+    page: str = transient(DEFAULT_PAGE)
+    reopen: Any = transient()             # (page, from any page?) to switch to once after a restore
+    delete_pending: str | None = transient()   # a saved session the Sessions menu asks to confirm deleting
 
     @property
     def last_run(self) -> RunRecord | None:
@@ -163,7 +190,7 @@ def summary(s: WorkbenchState) -> dict:
     traces = [s.trace, s.trace_avg, s.learn.get("trace"), *(r.after_trace for r in s.runs)]
     return {"model": s.model_name, "traces": sum(t is not None for t in traces), "runs": len(s.runs),
             "draft_rows": len(s.draft_rows), "layers": s.edit_layers,
-            "evaluations": (s.comparison is not None) + (s.scaling is not None)}
+            "evaluations": (s.comparison is not None) + (s.scaling is not None), "page": s.page}
 
 
 def save(s: WorkbenchState) -> None:
@@ -200,6 +227,10 @@ def restore(session_id) -> tuple[WorkbenchState | None, list[str]]:
     s = loaded.obj
     s.session_id, s.store_mark = session_id, loaded.mark
     s.draft_base = list(s.draft_rows)                # the editor starts from the table as saved
+    page = (loaded.mark.summary or {}).get("page")
+    if isinstance(page, str) and page:
+        s.page = page
+    s.reopen = (s.page, False)
     if loaded.problems:
         LOG.warning("session %s restored without: %s", session_id, "; ".join(loaded.problems))
         return s, [f"Some results of session {session_id} could not be restored: "
@@ -214,26 +245,177 @@ def start(session_id=None) -> tuple[WorkbenchState, list[str]]:
 
 
 def get() -> WorkbenchState:
-    """This session's state, created on first use (restored when the URL names a saved session)."""
+    """This session's state, created on first use (restored when the URL names a saved session;
+    old saved sessions are pruned then)."""
     if STATE_KEY not in st.session_state:
         s, messages = start(st.query_params.get(SESSION_PARAM))
         st.session_state[STATE_KEY] = s
+        prune_sessions(protect={s.session_id})
         for m in messages:
             st.toast(m, icon=":material/warning:", duration="long")
     return st.session_state[STATE_KEY]
 
 
+def page_to_reopen(s: WorkbenchState, shown: str) -> str | None:
+    """Once after a restore: the page the session was on, when this run shows another — after the
+    Sessions menu always; in a new tab only when it opened on the default page (a URL that names a
+    page, as a reload's does, is kept)."""
+    if s.reopen is None:
+        return None
+    (page, anywhere), s.reopen = s.reopen, None
+    return page if page != shown and (anywhere or shown == DEFAULT_PAGE) else None
+
+
 def open_session(session_id: str) -> None:
-    """Switch this browser session to a saved one (a callback: the next run shows it)."""
+    """Switch this browser session to a saved one (a callback: the next run shows it, on its page)."""
     s, messages = restore(session_id)
     if s is None:
         st.toast(messages[0] if messages else "That session is no longer saved.", icon=":material/warning:")
         return
     if STATE_KEY in st.session_state:
-        save(st.session_state[STATE_KEY])
+        old = st.session_state[STATE_KEY]
+        save(old)
+        if (tab := tab_id()) is not None:
+            owners().release(old.session_id, tab)
     for key in list(st.session_state):               # widgets start over, as after a reload
         del st.session_state[key]
+    s.reopen = (s.page, True)
     st.session_state[STATE_KEY] = s
     st.query_params[SESSION_PARAM] = s.session_id
     for m in messages:
         st.toast(m, icon=":material/warning:", duration="long")
+
+
+# ---- retention --------------------------------------------------------------------------------
+
+def _setting(env: str, default: int) -> int:
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+        if value < 0:
+            raise ValueError(raw)
+        return value
+    except ValueError:
+        LOG.warning("%s=%r is not a whole number ≥ 0; using %d", env, raw, default)
+        return default
+
+
+def retention() -> tuple[int | None, float | None]:
+    """(sessions kept, age limit in seconds) — None where there is no limit."""
+    keep = _setting(KEEP_SESSIONS_ENV, KEEP_SESSIONS)
+    days = _setting(KEEP_SESSION_DAYS_ENV, KEEP_SESSION_DAYS)
+    return keep or None, days * 86400.0 if days else None
+
+
+def retention_text() -> str:
+    """The policy in words, for the Sessions menu."""
+    keep, max_age = retention()
+    rules = [f"all but the {keep} most recent" if keep else "",
+             f"any unchanged for {max_age / 86400:.0f} days" if max_age else ""]
+    if not any(rules):
+        return "Saved sessions are kept until you delete them."
+    return (f"When a tab opens, older sessions are deleted: {' and '.join(r for r in rules if r)} "
+            f"(never one open in a tab, never one changed in the last {PRUNE_GRACE_DAYS * 24} hours).")
+
+
+def prune_sessions(protect=()) -> list[str]:
+    """Apply the retention policy (see the module docstring); never raises. Returns the ids deleted."""
+    keep, max_age = retention()
+    try:
+        gone = session_store.prune(sessions_root(), keep, max_age, set(protect) | owners().held(),
+                                   grace_s=PRUNE_GRACE_DAYS * 86400.0)
+    except Exception:  # noqa: BLE001 (retention must never break a tab's start)
+        LOG.exception("could not prune saved sessions")
+        return []
+    if gone:
+        LOG.info("deleted %d old saved session(s): %s", len(gone), ", ".join(gone))
+    return gone
+
+
+def delete_saved(session_id: str) -> None:
+    """Delete a saved session (a callback of the Sessions menu, after its confirmation) — never
+    this tab's own, nor one open in another connected tab."""
+    s = get()
+    s.delete_pending = None
+    if session_id == s.session_id or session_id in owners().held(but=tab_id()):
+        st.toast("That session is open (here or in another tab); it was not deleted.",
+                 icon=":material/warning:")
+        return
+    if session_store.delete(sessions_root(), session_id):
+        st.toast("Session deleted.", icon=":material/delete:")
+
+
+# ---- one tab per session ----------------------------------------------------------------------
+
+class Owners:
+    """Which tab (Streamlit session id) has each workbench session open, for one server process.
+
+    Shared by all script threads (held by `owners()`), so every access takes the lock. A tab's
+    claim lasts while `is_live(tab)` says it is connected; a disconnected tab's claim lapses."""
+
+    MAX_ENTRIES = 512                      # beyond this, claims of disconnected tabs are dropped
+
+    def __init__(self, is_live: Callable[[str], bool]):
+        self._is_live = is_live
+        self._lock = threading.Lock()
+        self._tab_of: dict[str, str] = {}  # workbench session id → tab
+
+    def claim(self, session_id: str, tab: str) -> bool:
+        """Make `tab` the owner of `session_id` unless another connected tab is; True when it is now."""
+        with self._lock:
+            owner = self._tab_of.get(session_id)
+            if owner is not None and owner != tab and self._is_live(owner):
+                return False
+            if len(self._tab_of) >= self.MAX_ENTRIES:
+                self._tab_of = {k: t for k, t in self._tab_of.items() if self._is_live(t)}
+            self._tab_of[session_id] = tab
+            return True
+
+    def release(self, session_id: str, tab: str) -> None:
+        with self._lock:
+            if self._tab_of.get(session_id) == tab:
+                del self._tab_of[session_id]
+
+    def held(self, but: str | None = None) -> set[str]:
+        """The sessions open in connected tabs (other than `but`)."""
+        with self._lock:
+            return {sid for sid, t in self._tab_of.items() if t != but and self._is_live(t)}
+
+
+def tab_id() -> str | None:
+    """This tab's Streamlit session id (None outside a script run)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return ctx.session_id if ctx is not None else None
+
+
+def tab_is_live(tab: str) -> bool:
+    """Whether the tab's websocket is connected (Runtime.is_active_session: thread-safe). A real
+    runtime answers a bool; AppTest's stand-in runtime answers nothing, and no tab counts as live."""
+    from streamlit.runtime import Runtime
+
+    return Runtime.exists() and Runtime.instance().is_active_session(tab) is True
+
+
+@st.cache_resource(show_spinner=False)
+def owners() -> Owners:
+    """The registry of this server process (one for all sessions)."""
+    return Owners(tab_is_live)
+
+
+def keep_own(s: WorkbenchState) -> None:
+    """Claim this tab's session (every run). When another connected tab has it open — this tab is
+    a duplicate, or the other took it over while this one was disconnected — this tab continues as
+    a copy under a new id (written in full at the end of the run) and says so."""
+    tab = tab_id()
+    if tab is None or owners().claim(s.session_id, tab):
+        return
+    old, s.session_id, s.store_mark = s.session_id, session_store.new_id(), None
+    owners().claim(s.session_id, tab)
+    LOG.info("session %s is open in another tab: this tab continues as %s", old, s.session_id)
+    st.toast(f"Session {old} is open in another tab too, so this tab continues as a copy of it, "
+             f"session {s.session_id}: neither tab overwrites the other's work.",
+             icon=":material/tab_duplicate:", duration="long")

@@ -204,25 +204,47 @@ SESSIONS_SHOWN = 8
 
 
 def sessions_menu(s: state.WorkbenchState) -> None:
-    """A small menu of saved sessions, most recent first, each with Open (lists only while open)."""
+    """A small menu of saved sessions, most recent first, each with Open and Delete (asks first);
+    lists only while open. The tab's own session can be neither; one open in another tab opens
+    as a copy and cannot be deleted."""
     menu = st.popover("Sessions", icon=":material/folder_open:", key="sessions_menu", on_change="rerun",
                       help="Each session's traces, edit runs, evaluations, tour progress and edit "
                       "table are saved in the workspace on every change, under the id in the URL: "
-                      "a reload restores them. Open an earlier session here.")
+                      "a reload restores them. Open or delete an earlier session here. "
+                      + state.retention_text())
     if not menu.open:
         return
     with menu:
         saved = state.saved_sessions(limit=SESSIONS_SHOWN)
         if not saved:
             st.caption("Nothing saved yet: a session is saved once you trace, edit or type a row.")
+        elsewhere = state.owners().held(but=state.tab_id())
         for sid, when, summary in saved:
-            text, button = st.columns([4, 1], vertical_alignment="center")
+            text, open_col, delete_col = st.columns([4, 1, 1], vertical_alignment="center")
             text.caption(session_label(when, summary))
             if sid == s.session_id:
-                button.caption("open now")
-            else:
-                button.button("Open", key=f"open_session_{sid}", on_click=state.open_session, args=(sid,),
-                              type="tertiary", help=f"Continue session {sid} in this tab.")
+                open_col.caption("open now")
+                continue
+            other = sid in elsewhere
+            open_col.button("Open", key=f"open_session_{sid}", on_click=state.open_session, args=(sid,),
+                            type="tertiary", help=f"Continue session {sid} in this tab" + (
+                                " (it is open in another tab, so this tab gets a copy)." if other else "."))
+            delete_col.button("", key=f"delete_session_{sid}", icon=":material/delete:", type="tertiary",
+                              on_click=_ask_delete, args=(s, sid), disabled=other,
+                              help="Open in another tab: close it there first." if other else
+                              f"Delete session {sid} (asks first).")
+            if s.delete_pending == sid:
+                st.warning("Delete this session? Its traces, edit runs and table are gone for good; "
+                           "applied edit batches stay in the History page's ledger.",
+                           icon=":material/delete:")
+                yes, no = st.columns(2)
+                yes.button("Delete", key="confirm_delete_session", type="primary",
+                           on_click=state.delete_saved, args=(sid,))
+                no.button("Cancel", key="cancel_delete_session", on_click=_ask_delete, args=(s, None))
+
+
+def _ask_delete(s: state.WorkbenchState, session_id: str | None) -> None:
+    s.delete_pending = session_id
 
 
 def session_label(when: float, summary: dict) -> str:
