@@ -9,11 +9,17 @@ session on its page and saves the session at the end of every run (see workbench
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from workbench import state, ui
 
-st.set_page_config(page_title="MEMIT Workbench", page_icon=":material/neurology:", layout="wide",
+# A local icon: a ":material/…:" page icon makes the browser fetch the favicon from
+# fonts.gstatic.com, which fails offline. A file path is served by the app itself.
+FAVICON = Path(__file__).resolve().with_name("favicon.png")
+
+st.set_page_config(page_title="MEMIT Workbench", page_icon=str(FAVICON), layout="wide",
                    initial_sidebar_state="expanded")
 
 PAGES = {
