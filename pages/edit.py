@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from core.editing import METHODS
 from core.requests import read_requests
 from workbench import edit_flow, loader, state, ui
-from workbench.state import DRAFT_COLUMNS
 
 s = state.get()
 handle = ui.require_handle(s)
@@ -51,12 +49,14 @@ with st.expander("Upload a CSV or JSON file (CounterFact records too)"):
                 s.set_draft(s.draft_rows + [edit_flow.request_to_row(r) for r in uploaded])
                 st.rerun()
 
-base = pd.DataFrame(s.draft_base, columns=DRAFT_COLUMNS, dtype=str)
-base.index = range(1, len(base) + 1)                     # row numbers as the problems list them
-table = st.data_editor(base,
-                       key=s.editor_key, num_rows="dynamic", width="stretch", hide_index=False,
-                       column_config=edit_flow.column_config())
-s.update_draft(table.fillna("").to_dict("records"))
+base = edit_flow.editor_frame(s.draft_base)              # index 1..n: the row numbers problems name
+table = st.data_editor(base, key=s.editor_key, num_rows="dynamic", width="stretch", hide_index=False,
+                       placeholder="", column_config=edit_flow.column_config())
+rows = table.fillna("").to_dict("records")
+if edit_flow.rows_moved(base, table):       # a typed row shows no number, a deleted one leaves a gap
+    s.set_draft(rows)                       # so the editor starts again from the table, numbered 1..n
+    st.rerun()
+s.update_draft(rows)
 
 requests, problems, warnings = edit_flow.check_rows(s.draft_rows, handle)
 if not s.draft_rows or all(edit_flow.blank(r) for r in s.draft_rows):

@@ -12,7 +12,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from tests.app_helpers import (
-    array, errors, handle_of, new_app, open_page, plotly_specs, same_weights, weights,
+    array, errors, handle_of, new_app, open_page, plotly_specs, same_weights, unescape, weights,
 )
 from workbench.state import STATE_KEY
 
@@ -152,6 +152,62 @@ def test_upload_csv_with_bad_rows_lists_errors_and_leaves_weights(app_model):
     assert problems["field"].tolist() == ["subject", "relation", "object"]
     assert at.session_state[STATE_KEY].draft_rows == rows_before      # table unchanged
     assert same_weights(before, weights(handle))                        # model unchanged
+
+def editor_table(at: AppTest):
+    """The edit table as the data editor shows it (its index is the row number the user sees)."""
+    key = at.session_state[STATE_KEY].editor_key
+    shown = [d for d in at.dataframe if d.proto.id.endswith(key) or key in d.proto.id]
+    assert len(shown) == 1, [d.proto.id for d in at.dataframe]
+    return shown[0]
+
+
+def problems_shown(at: AppTest):
+    return [d.value for d in at.dataframe if "problem" in d.value.columns][0]
+
+
+def test_typed_rows_are_numbered_as_problems_and_warnings_name_them(app_model):
+    """A typed row gets its number in the table at once; problems and warnings, conflicts included,
+    name the rows by the numbers the table shows, also after a row is deleted or blanked."""
+    at = open_page("edit")
+    at.button(key="clear_table").click().run()
+    nils, wanda, caldador = (dict(r) for r in THREE_ROWS)
+    type_rows(at, [nils, wanda, {**caldador, "target_new": ""}])
+    assert not at.exception, at.exception
+    editor = editor_table(at)
+    assert editor.proto.placeholder == ""                           # empty cells show empty, not "None"
+    table = editor.value
+    assert table.index.tolist() == [1, 2, 3] and table.loc[3, "subject"] == "Caldador"
+    assert table.loc[2, "prompt"] == ""
+    problems = problems_shown(at)
+    assert problems["row"].tolist() == [3] and problems["field"].tolist() == ["object"]
+    # delete row 1, type a row that conflicts with Wanda's (now row 1) and one whose new object is
+    # its true object: the table renumbers, and so do the problems
+    key = at.session_state[STATE_KEY].editor_key
+    at.session_state[key] = {"edited_rows": {}, "deleted_rows": [0],
+                             "added_rows": [{**wanda, "target_new": "golf"}]}
+    at.run()
+    assert not at.exception, at.exception
+    table = editor_table(at).value
+    assert table.index.tolist() == [1, 2, 3]
+    assert table["subject"].tolist() == ["Wanda Hope Kesthwaite", "Caldador", "Wanda Hope Kesthwaite"]
+    problems = problems_shown(at)
+    assert problems["row"].tolist() == [2, 3]
+    assert problems["problem"].tolist()[1] == ("conflicts with row 1: 'Wanda Hope Kesthwaite' under 'P641' "
+                                               "cannot become both 'chess' and 'golf'")
+    # blank row 1, fix row 2, make row 3 keep its true object: one warning, row 3, and 2 edits ready
+    key = at.session_state[STATE_KEY].editor_key
+    at.session_state[key] = {"edited_rows": {0: {c: "" for c in table.columns},
+                                             1: {"target_new": "Europe"},
+                                             2: {"target_new": "swimming"}},
+                             "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception, at.exception
+    assert editor_table(at).value.index.tolist() == [1, 2, 3]     # cell edits keep the numbering
+    assert not errors(at), errors(at)
+    assert any("2 edit(s) ready" in x.value for x in at.success)
+    warnings = [unescape(w.value) for w in at.warning if "true object already" in unescape(w.value)]
+    assert len(warnings) == 1 and warnings[0].startswith("row 3: the new object 'swimming'"), warnings
+
 
 def test_evaluate_compares_methods_on_a_small_batch(app_model):
     handle = handle_of(app_model)

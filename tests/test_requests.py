@@ -314,3 +314,15 @@ def test_rows_can_carry_the_numbers_the_user_sees():
     assert rep.warnings[1] == "row 9 repeats row 3 (A -> b); dropped"
     with pytest.raises(ValueError, match="1 row numbers for 2 rows"):
         validate_requests([a, a], numbers=[1])
+
+
+def test_the_cli_prints_the_same_object_warning_and_edits_the_row(setup, capsys):
+    from tests.memit_helpers import GOOD_CSV
+    from workbench.cli import main
+
+    _, opts, tmp = setup
+    (tmp / "e.csv").write_text(GOOD_CSV + "Kara Selwyn,{} works for,Toyota, Toyota\n")
+    assert main(["edit", str(tmp / "e.csv"), *opts, "--json", str(tmp / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: row 3: the new object 'Toyota' is the true object already, so this edit changes no fact" in out
+    assert "edited 3 facts" in out and json.loads((tmp / "r.json").read_text())["n"] == 3

@@ -35,22 +35,33 @@ def blank(row: dict) -> bool:
     return not any(str(row.get(c) or "").strip() for c in DRAFT_COLUMNS)
 
 
+def editor_frame(rows: list[dict]) -> pd.DataFrame:
+    """The edit table as the data editor shows it: its index is the row number problems name (1..n)."""
+    frame = pd.DataFrame(rows, columns=DRAFT_COLUMNS, dtype=str)
+    frame.index = pd.RangeIndex(1, len(frame) + 1)
+    return frame
+
+
+def rows_moved(base: pd.DataFrame, table: pd.DataFrame) -> bool:
+    """Rows were added or deleted in the editor: the index it shows no longer reads 1..n (a typed
+    row has no number yet, a deleted one leaves a gap), so the table must be renumbered."""
+    return table.index.tolist() != base.index.tolist()
+
+
 def check_rows(rows: list[dict], handle) -> tuple[list[EditRequest], list[RowProblem], list[str]]:
-    """Table rows → (requests, problems, warnings), every problem numbered as the table's row.
+    """Table rows → (requests, problems, warnings), every row named by its number in the table.
 
     Blank rows (the data editor's fresh line) are ignored. With a handle, the tokenizer checks
     run too (targets that tokenise to nothing, subjects not in the prompt, prompt too long).
     """
     kept = [(i + 1, r) for i, r in enumerate(rows) if not blank(r)]
-    clean = [{k: v for k, v in r.items() if str(v or "").strip()} for _, r in kept]
-    reqs, problems = requests_from_rows(clean)
-    renumber = {n + 1: table_row for n, (table_row, _) in enumerate(kept)}
-    problems = [RowProblem(renumber.get(p.row, p.row), p.field, p.message) for p in problems]
+    numbers = [n for n, _ in kept]
+    filled = [{c: r.get(c) or "" for c in DRAFT_COLUMNS} for _, r in kept]   # an empty cell: "empty"
+    reqs, problems = requests_from_rows(filled, numbers=numbers)
     warnings: list[str] = []
-    if reqs and not problems:
-        report = validate_requests(reqs, handle.tokenizer, handle.max_length)
-        problems = [RowProblem(renumber.get(p.row, p.row), p.field, p.message) for p in report.problems]
-        warnings, reqs = report.warnings, report.requests
+    if reqs and not problems:          # every row became a request, in order: same numbers
+        report = validate_requests(reqs, handle.tokenizer, handle.max_length, numbers=numbers)
+        problems, warnings, reqs = report.problems, report.warnings, report.requests
     return (reqs if not problems else []), problems, warnings
 
 
@@ -222,6 +233,8 @@ def column_config() -> dict:
 
     text = st.column_config.TextColumn
     return {
+        "_index": st.column_config.NumberColumn("Row", disabled=True, help="The row number that "
+                                                "problems and warnings name."),
         "subject": text("Subject", help="The entity the fact is about, exactly as it appears in the "
                         "prompt (e.g. 'Clara Joan Whitlow'). MEMIT reads it at its last token."),
         "relation": text("Relation", help="A relation name of the demo world (sport, occupation, "
