@@ -25,9 +25,9 @@ if c[3].button("Clear table", key="clear_table"):
     s.set_draft([])
     st.rerun()
 
-max_mb = int(st.get_option("server.maxUploadSize"))
+max_mb = edit_flow.request_upload_mb(int(st.get_option("server.maxUploadSize")))
 with st.expander("Upload a CSV or JSON file (CounterFact records too)"):
-    up = st.file_uploader("Edit requests", type=["csv", "json", "jsonl"], key="upload",
+    up = st.file_uploader("Edit requests", type=["csv", "json", "jsonl"], key="upload", max_upload_size=max_mb,
                           help=f"CSV columns subject, relation or prompt, object (target_new), "
                           f"optional true_object. JSON: a list of the same, or CounterFact / zsRE "
                           f"records. At most {max_mb} MB.")

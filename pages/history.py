@@ -24,8 +24,8 @@ def reupload_note(size: int, sum_size: int | None) -> str | None:
                 f"({model_mb} MB): neither this page nor `workbench session apply` would take it back. "
                 f"Export fewer batches{as_sum}.")
     return (f"This patch holds {format_size(size)} of ΔW, more than this app accepts as an upload ({server_mb} "
-            f"MB, `workbench app --max-upload-mb`). Apply it with `workbench session apply FILE`, start the "
-            f"app with `--max-upload-mb {model_mb}`, or export fewer batches{as_sum}.")
+            f"MB, `workbench app --max-patch-mb`). Apply it with `workbench session apply FILE`, start the "
+            f"app with `--max-patch-mb {model_mb}`, or export fewer batches{as_sum}.")
 
 
 s = state.get()
@@ -36,7 +36,7 @@ st.caption(f"Every applied batch is recorded in the workspace ({ui.escape_md(led
            "history — and the model's state — survive a browser reload and an app restart.")
 st.markdown(f"**Edit state:** {ui.edit_state_text(handle)}")
 # A patch is accepted up to the model's limit (core.patch.patch_size_limit, as in `workbench
-# session apply`), and the server takes no upload above `workbench app --max-upload-mb`.
+# session apply`), and the server takes no upload above `workbench app --max-patch-mb`.
 server_mb = int(st.get_option("server.maxUploadSize"))
 model_mb = math.ceil(patch_size_limit(handle) / MB)
 upload_mb = min(server_mb, model_mb)
@@ -97,9 +97,9 @@ up = st.file_uploader("Patch file (.safetensors)", type=["safetensors"], key="pa
                       help=f"Made by the workbench for the same base model; refused otherwise. At most "
                       f"{upload_mb} MB.")
 if server_mb < model_mb:
-    st.caption(f"This app accepts uploads up to {server_mb} MB (`workbench app --max-upload-mb`); a patch "
+    st.caption(f"This app accepts patches up to {server_mb} MB (`workbench app --max-patch-mb`); a patch "
                f"for this model may be up to {model_mb} MB. Apply a larger one with `workbench session "
-               f"apply FILE`, or start the app with `--max-upload-mb {model_mb}`.")
+               f"apply FILE`, or start the app with `--max-patch-mb {model_mb}`.")
 force = st.checkbox("Apply even if it was made for other base weights", key="patch_force",
                     help="Only if you know the models are compatible: a wrong patch corrupts the model.")
 if up is not None and st.button("Apply patch", key="apply_patch"):

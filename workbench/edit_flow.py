@@ -9,6 +9,7 @@ edit cannot slip in between "before" and "after".
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import pandas as pd
@@ -19,6 +20,18 @@ from workbench.state import DRAFT_COLUMNS, RunRecord
 LIST_COLUMNS = ("paraphrase_prompts", "neighborhood_prompts", "generation_prompts")
 METHOD_LABELS = {"memit": "MEMIT", "rome": "ROME (sequential)", "ft": "FT-W (fine-tuning)"}
 GENERATION_EDITS = 10   # before/after generations for at most this many edits of a batch
+UPLOAD_ENV = "WORKBENCH_MAX_UPLOAD_MB"   # set by `workbench app --max-upload-mb`
+
+
+def request_upload_mb(server_mb: int) -> int:
+    """The size limit (MB) of edit-request files: `workbench app --max-upload-mb`, passed as
+    $WORKBENCH_MAX_UPLOAD_MB (the server itself may take larger patches), else the server's limit."""
+    raw = os.environ.get(UPLOAD_ENV, "").strip()
+    try:
+        mb = int(raw)
+    except ValueError:
+        return server_mb
+    return min(mb, server_mb) if mb > 0 else server_mb
 
 
 # ---- rows ⇄ requests ------------------------------------------------------------------------
