@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.requests import EditRequest
+from core.requests import EditRequest, same_object
 from core.targets import encode, final_norm, head, pad_left
 
 
@@ -109,7 +109,8 @@ def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64
                        exclude_edited_neighbours: bool = False) -> pd.DataFrame:
     """Per edit: ES, PS, NS (0-1), EM, PM, NM (probability differences), NLLs and top-1 of o_new.
 
-    Requests without target_true get NaN for the CounterFact columns (new_top1 is always there).
+    Requests without target_true, or whose target_true is target_new (an edit that changes no
+    fact), get NaN for the CounterFact columns (new_top1 is always there).
     exclude_edited_neighbours: leave out neighbourhood prompts about subjects the batch edits under
     the same relation (`edited_neighbours`); column n_neighbours_excluded counts them.
     NS_outside: NS over the neighbourhood prompts about subjects the batch does not edit at all
@@ -117,6 +118,8 @@ def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64
     """
     skip = edited_neighbours(requests) if exclude_edited_neighbours else [set() for _ in requests]
     outside = outside_neighbours(requests)
+    # the object each edit is compared with: none without a true object, or when it is the new one
+    true = [None if same_object(r) else r.target_true or None for r in requests]
     items, where = [], []              # where: (edit, kind, index in kind, which object)
     for i, r in enumerate(requests):
         neigh = [p for j, p in enumerate(r.neighborhood_prompts) if j not in skip[i]]
@@ -124,8 +127,8 @@ def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64
         for kind, prompts in groups:
             for j, p in enumerate(prompts):
                 items.append((p, r.target_new)), where.append((i, kind, j, "new"))
-                if r.target_true:
-                    items.append((p, r.target_true)), where.append((i, kind, j, "true"))
+                if true[i]:
+                    items.append((p, true[i])), where.append((i, kind, j, "true"))
     nll, acc = target_scores(handle, items, batch_size, progress)
     table: dict[tuple, float] = {}
     top1: dict[int, float] = {}
@@ -139,8 +142,8 @@ def counterfact_scores(handle, requests: list[EditRequest], batch_size: int = 64
         out_k = [k for k, j in enumerate(kept) if j in outside[i]]       # positions among the kept
         row = {"case_id": r.case_id, "subject": r.subject, "target_new": r.target_new,
                "target_true": r.target_true, "new_top1": top1[i], "n_neighbours_excluded": len(skip[i]),
-               "n_neighbours_outside": len(out_k) if r.target_true else 0}
-        if r.target_true:
+               "n_neighbours_outside": len(out_k) if true[i] else 0}
+        if true[i]:
             def pairs(kind, n):
                 return [(table[(i, kind, j, "new")], table[(i, kind, j, "true")]) for j in range(n)]
             e = pairs("E", 1)[0]

@@ -335,14 +335,14 @@ def validate_requests(requests: list[EditRequest], tokenizer=None, max_length: i
             indexed.append((n, req))
     batch_probs, kept, warnings = _batch_problems(indexed)
     problems.extend(batch_probs)
-    warnings += [(n, _same_object_warning(n, req)) for n, req in kept if _same_object(req)]
+    warnings += [(n, _same_object_warning(n, req)) for n, req in kept if same_object(req)]
     if not requests:
         problems.append(RowProblem(0, "requests", "no edit requests"))
     return ValidationReport(requests=[r for _, r in kept], problems=problems,
                             warnings=[text for _, text in sorted(warnings, key=lambda w: w[0])])
 
 
-def _same_object(req: EditRequest) -> bool:
+def same_object(req: EditRequest) -> bool:
     """The new object is the true one (compared as tokenised: without surrounding spaces)."""
     return bool(req.target_true) and req.target_new.strip() == req.target_true.strip()
 
@@ -351,8 +351,8 @@ def _same_object_warning(n: int, req: EditRequest) -> str:
     """Why a request whose new object is its true object is kept, and what it does."""
     o = req.target_new.strip()
     return (f"row {n}: the new object '{o}' is the true object already, so this edit changes no fact "
-            f"(it only makes the model surer of '{o}', and ES, PS and NS, which compare the new "
-            "object with the true one, mean nothing for it); kept")
+            f"(it only makes the model surer of '{o}'; ES, PS and NS, which compare the new "
+            "object with the true one, are not computed for it); kept")
 
 
 def _structure_problems(req: EditRequest, n: int) -> list[RowProblem]:

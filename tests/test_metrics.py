@@ -153,3 +153,16 @@ def test_neighbour_sets_match_subjects_as_whole_names():
                     neighborhood_prompts=("Orla plays the",))
     assert edited_neighbours([a, b]) == [{1}, {0}]
     assert outside_neighbours([a, b]) == [{0, 2}, set()]
+
+
+def test_an_edit_to_its_own_true_object_is_not_scored_as_counterfact(tiny_handle):
+    prompts = dict(paraphrase_prompts=("Miles Davis is a player of",), neighborhood_prompts=("Orla plays the",))
+    reqs = [EditRequest("{} plays the", "Miles Davis", "chess", "trumpet", **prompts),
+            EditRequest("{} plays the", "Miles Davis", "trumpet", " trumpet ", **prompts)]   # same object
+    df = counterfact_scores(tiny_handle, reqs)
+    n_new, top1 = plain_nll_and_top1(tiny_handle, "Miles Davis plays the", "trumpet")
+    assert not math.isnan(df.ES[0])
+    for k in ("ES", "PS", "NS", "EM", "PM", "NM", "nll_true"):
+        assert math.isnan(df[k][1]), k              # an NLL compared with itself would give ES = NS = 0
+    assert df.new_top1[1] == top1 and df.n_neighbours_outside[1] == 0
+    assert summarize(df)["ES"] == df.ES[0] * 100    # the mean is over the edit that changes a fact

@@ -293,11 +293,11 @@ def test_new_object_equal_to_the_true_one_is_kept_with_a_warning():
     assert rep.ok and rep.requests == [other_case, same, spaced]
     assert rep.warnings == [
         "row 2: the new object 'trumpet' is the true object already, so this edit changes no fact (it only "
-        "makes the model surer of 'trumpet', and ES, PS and NS, which compare the new object with the true "
-        "one, mean nothing for it); kept",
+        "makes the model surer of 'trumpet'; ES, PS and NS, which compare the new object with the true "
+        "one, are not computed for it); kept",
         "row 3: the new object 'Toyota' is the true object already, so this edit changes no fact (it only "
-        "makes the model surer of 'Toyota', and ES, PS and NS, which compare the new object with the true "
-        "one, mean nothing for it); kept",
+        "makes the model surer of 'Toyota'; ES, PS and NS, which compare the new object with the true "
+        "one, are not computed for it); kept",
         "row 4 repeats row 2 (Miles Davis -> trumpet); dropped"]
 
 
