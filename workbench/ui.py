@@ -220,11 +220,13 @@ def sessions_menu(s: state.WorkbenchState) -> None:
             st.caption("Nothing saved yet: a session is saved once you trace, edit or type a row.")
         elsewhere = state.owners().held(but=state.tab_id())
         for sid, when, summary in saved:
+            if sid == s.session_id:
+                text, now = st.columns([4, 2], vertical_alignment="center")
+                text.caption(session_label(when, summary))
+                now.caption("open now")
+                continue
             text, open_col, delete_col = st.columns([4, 1, 1], vertical_alignment="center")
             text.caption(session_label(when, summary))
-            if sid == s.session_id:
-                open_col.caption("open now")
-                continue
             other = sid in elsewhere
             open_col.button("Open", key=f"open_session_{sid}", on_click=state.open_session, args=(sid,),
                             type="tertiary", help=f"Continue session {sid} in this tab" + (
@@ -237,10 +239,10 @@ def sessions_menu(s: state.WorkbenchState) -> None:
                 st.warning("Delete this session? Its traces, edit runs and table are gone for good; "
                            "applied edit batches stay in the History page's ledger.",
                            icon=":material/delete:")
-                yes, no = st.columns(2)
-                yes.button("Delete", key="confirm_delete_session", type="primary",
+                row = st.container(horizontal=True, gap="small")
+                row.button("Delete", key="confirm_delete_session", type="primary",
                            on_click=state.delete_saved, args=(sid,))
-                no.button("Cancel", key="cancel_delete_session", on_click=_ask_delete, args=(s, None))
+                row.button("Cancel", key="cancel_delete_session", on_click=_ask_delete, args=(s, None))
 
 
 def _ask_delete(s: state.WorkbenchState, session_id: str | None) -> None:
