@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 
@@ -78,13 +79,20 @@ def test_round_trip_keeps_tensors_frames_keys_and_shared_objects(tmp_path):
     assert "Batch 3 undone" not in text and "applied" not in text
 
 
-def test_save_writes_only_what_changed(tmp_path):
+def count_writes(monkeypatch) -> list:
+    written = []
+    real = store.write_atomic
+    monkeypatch.setattr(store, "write_atomic", lambda path, data: (written.append(path.name), real(path, data)))
+    return written
+
+
+def test_save_writes_only_what_changed(tmp_path, monkeypatch):
     s = sample_state()
     first = store.save(s, tmp_path)
     tensors = tmp_path / store.TENSOR_FILE
-    (tmp_path / store.STATE_FILE).unlink()
+    written = count_writes(monkeypatch)
     assert store.save(s, tmp_path, first) is first                        # unchanged: nothing written
-    assert not (tmp_path / store.STATE_FILE).exists()
+    assert written == []
     s.edit_layers = [2]
     stamp = tensors.stat().st_mtime_ns
     second = store.save(s, tmp_path, first)
@@ -254,10 +262,9 @@ def test_an_unchanged_state_is_not_encoded_and_unchanged_results_are_not_encoded
     monkeypatch.setattr(_Encoder, "encode", count("encode", real_encode))
     monkeypatch.setattr(_Encoder, "_frame", count("frame", real_frame))
     monkeypatch.setattr(_Encoder, "_fields", count("request", real_fields))
-    (tmp_path / store.STATE_FILE).unlink()
+    written = count_writes(monkeypatch)
     assert store.save(s, tmp_path, mark) is mark                       # nothing changed: no encoding
-    assert calls == {"encode": 0, "frame": 0, "request": 0}
-    assert not (tmp_path / store.STATE_FILE).exists()
+    assert calls == {"encode": 0, "frame": 0, "request": 0} and written == []
     s.edit_layers = [2]                                                # a small change
     mark = store.save(s, tmp_path, mark)
     assert calls["encode"] > 0 and calls["frame"] == 0 and calls["request"] == 0
@@ -266,11 +273,11 @@ def test_an_unchanged_state_is_not_encoded_and_unchanged_results_are_not_encoded
     calls.update(frame=0)
     mark = store.save(s, tmp_path, mark)
     assert calls["frame"] == 1 and saved_text(tmp_path) == full_text(s)
-    before = (tmp_path / store.STATE_FILE).stat().st_mtime_ns
+    written.clear()
     s.runs[0].metrics_pre = per_edit_frame()                           # equal content, new object
     again = store.save(s, tmp_path, mark)
     assert again is not mark and again.skeleton == mark.skeleton
-    assert (tmp_path / store.STATE_FILE).stat().st_mtime_ns == before  # encoded, compared, not written
+    assert written == []                                               # encoded, compared, not written
 
 
 @dataclass(frozen=True)
@@ -379,3 +386,14 @@ def test_a_summary_change_alone_rewrites_only_the_summary_of_a_saved_session(tmp
     back = store.load(tmp_path, WorkbenchState)
     assert back.mark.written and back.mark.summary == {"page": "edit"}
     assert store.save(back.obj, tmp_path, back.mark, {"page": "edit"}) is back.mark
+
+
+def test_a_session_folder_removed_elsewhere_is_written_again_in_full(tmp_path, caplog):
+    s = sample_state()
+    mark = store.save(s, tmp_path / "a")
+    shutil.rmtree(tmp_path / "a")                                       # (a hand, another server)
+    with caplog.at_level(logging.WARNING, logger="workbench.session_store"):
+        mark = store.save(s, tmp_path / "a", mark)                      # unchanged, but gone
+    assert "is gone" in caplog.text
+    back = store.load(tmp_path / "a", WorkbenchState)
+    assert back.problems == [] and torch.equal(back.obj.runs[0].result.deltas[1], s.runs[0].result.deltas[1])

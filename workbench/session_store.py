@@ -9,7 +9,8 @@ runs after every script run, so it first compares the state's `fingerprint` with
 last write (its `Mark`): a walk over the state, no encoding. Only when that differs is the state
 encoded — the JSON text of unchanged DataFrames, arrays and requests reused from the last write —
 and written if its JSON differs; the tensor file is rewritten only when the set of tensors
-changed (identity and in-place version of each). `summary.json` (what the Sessions menu shows,
+changed (identity and in-place version of each). A folder removed while its session is open (by
+hand, another server) is written again in full. `summary.json` (what the Sessions menu shows,
 and the page the tab shows) is rewritten on its own when only it changed.
 
 Retention: `delete` removes one saved session, `prune` the ones beyond a number kept or older
@@ -98,6 +99,9 @@ def save(obj: Any, folder: Path, last: Mark | None = None, summary: dict | None 
     """Write `obj` to `folder` unless it equals `last` (what the folder holds); returns the new Mark."""
     from safetensors.torch import save as safetensors_bytes
 
+    if last is not None and last.written and not (folder / STATE_FILE).is_file():
+        LOG.warning("session folder %s is gone: writing it again", folder)
+        last = Mark("", (), None, reuse=last.reuse)        # removed elsewhere: write all, tensors too
     fp, immutable = fingerprint(obj, last.reuse.immutable if last is not None else None)
     if last is not None and last.fingerprint == fp:
         return _with_summary(last, folder, summary)        # unchanged: nothing encoded
