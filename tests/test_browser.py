@@ -70,7 +70,7 @@ def server(tmp_path_factory, request):
         request.getfixturevalue("demo_key_stats")       # layer 0's C, computed once per session
         shutil.copytree(stats_dir(), home / "stats", dirs_exist_ok=True)
     else:
-        from tests.test_app import save_app_model
+        from tests.app_helpers import save_app_model
 
         tiny = str(tmp_path_factory.mktemp("tiny-model"))
         save_app_model(tiny)

@@ -1,5 +1,5 @@
-"""AppTest of the History page's patch size limits on a tiny model: the uploader takes what the
-model's limit (core.patch.patch_size_limit) and the server's --max-patch-mb both allow, the page
+"""Upload limits and server settings. AppTest of the History page's patch size limits on a tiny
+model: the uploader takes what the model's limit (core.patch.patch_size_limit) and the server's --max-patch-mb both allow, the page
 says which binds and warns before a download that could not be uploaded again, and an uploaded
 patch over the model's limit is refused with the sizes, the model unchanged."""
 
@@ -135,3 +135,19 @@ def test_edit_page_holds_request_files_to_their_own_limit(tiny_app, server_mb, m
     assert "At most 3 MB." in at.get("file_uploader")[0].proto.help
     at = open_page("history")
     assert uploader_limit(at) == 17                 # the patch uploader: the model's limit binds, not 3 MB
+
+
+def test_plain_streamlit_run_from_the_repository_binds_localhost(monkeypatch):
+    """`streamlit run workbench/app.py` from the repository reads .streamlit/config.toml."""
+    from pathlib import Path
+
+    from streamlit import config as st_config
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    try:
+        st_config.get_config_options(force_reparse=True)
+        assert st_config.get_option("server.address") == "127.0.0.1"
+        assert st_config.get_option("browser.gatherUsageStats") is False
+    finally:
+        monkeypatch.undo()
+        st_config.get_config_options(force_reparse=True)
