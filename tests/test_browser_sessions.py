@@ -102,13 +102,13 @@ def test_reload_keeps_page_and_session_a_duplicated_tab_continues_as_a_copy(serv
             a.reload()
             ready(a)
             assert urlparse(a.url).path == "/trace" and session_on(a) == sid
-            assert a.get_by_text("Severed paths at the last subject token").is_visible()
+            a.get_by_text("Severed paths at the last subject token").wait_for()    # visible, or a timeout
             # the tab duplicated: the copy gets its own id and says so; the first tab keeps its id
             b = open_tab(context, a.url)
             b.get_by_text("is open in another tab too").wait_for()
             copy = session_on(b)
             assert copy != sid and urlparse(b.url).path == "/trace"
-            assert b.get_by_text("Severed paths at the last subject token").is_visible()
+            b.get_by_text("Severed paths at the last subject token").wait_for()
             a.reload()
             ready(a)
             assert session_on(a) == sid

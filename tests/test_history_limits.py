@@ -38,8 +38,10 @@ def uploader_limit(at) -> int:
 def test_upload_limit_follows_the_model_and_the_server(tiny_app, server_mb, tmp_path):
     from workbench import loader
 
-    at = open_page("history")
     handle = handle_of(tiny_app)
+    record_seeded(loader.get_ledger(), handle, [0], 2)      # an undone batch: the page shows a table
+    loader.get_ledger().undo(handle)                         # from the first run, as after other tests
+    at = open_page("history")
     model_mb = math.ceil(patch_mod.patch_size_limit(handle) / 2**20)
     assert model_mb == 17                      # 8 batches × 3 layers × 16 KB + 16 MB of manifest room
     assert uploader_limit(at) == 17            # AppTest's server allows 200 MB: the model binds
@@ -52,6 +54,9 @@ def test_upload_limit_follows_the_model_and_the_server(tiny_app, server_mb, tmp_
         record_seeded(ledger, handle, [1], 1)
         at.run()
         assert not at.exception, at.exception
+        # export these two (earlier tests' batches of the same tiny model may be in the workspace)
+        ids = [b.id for b in ledger.batches(handle.base_hash, status="applied")][-2:]
+        at.multiselect(key="export_pick").set_value(ids).run()
         assert not [w for w in at.warning if "upload" in w.value]     # 64 KB: fits
         server_mb(1)                                                   # workbench app --max-patch-mb 1
         at.run()
