@@ -160,3 +160,24 @@ def test_records_longer_than_the_context_are_cut_to_it(tiny_handle):
     ref, n_ref = hook_second_moment(tiny_handle, [long_text], 1, max_tokens=tiny_handle.max_length)
     assert n == n_ref == tiny_handle.max_length
     assert torch.allclose(sums[1].double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("block", [1, 3, 4, 10, 64])
+def test_gram_of_the_upper_block_triangle_equals_the_full_product(block):
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, 10, generator=g, dtype=torch.float64) for n in (5, 1, 17)]
+    acc = None
+    for K in batches:
+        acc = cov.add_gram(acc, K, block)
+    C = cov.symmetric(acc, block)
+    K = torch.cat(batches)
+    assert torch.allclose(C, K.T @ K, rtol=1e-12, atol=1e-12)
+    assert torch.equal(C, C.T)                                   # exactly symmetric
+
+
+def test_second_moments_in_several_blocks_equal_plain_hooks(tiny_handle, monkeypatch):
+    monkeypatch.setattr(cov, "GRAM_BLOCK", 7)                    # d_mlp of the tiny model: many blocks
+    sums, n = collect_second_moments(tiny_handle, TRAIN_TEXT[:6], [1], dtype=torch.float64, batch_size=4)
+    ref, n_ref = hook_second_moment(tiny_handle, TRAIN_TEXT[:6], 1)
+    assert n == n_ref and sums[1].shape[0] > 7 * 2
+    assert torch.allclose(sums[1], ref, rtol=1e-5, atol=1e-8) and torch.equal(sums[1], sums[1].T)
