@@ -84,3 +84,14 @@ def setup(tmp_path, monkeypatch):
     opts = ["--layers", "0,1", "--steps", "3", "--corpus", corpus, "--n-samples", "50",
             "--workspace", str(tmp_path / "ws")]
     return handle, opts, tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tmp_path_factory):
+    """The app opens on a tiny random GPT-2 saved as a folder (one per test module); yields its path."""
+    from tests.app_helpers import default_model, save_app_model
+
+    name = str(tmp_path_factory.mktemp("tiny-app-model"))
+    save_app_model(name)
+    with default_model(name):
+        yield name

@@ -16,15 +16,6 @@ ROW = {"subject": "Miles Davis", "relation": "", "prompt": "{} plays the", "targ
        "target_true": "trumpet"}
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from tests.app_helpers import default_model, save_app_model
-
-    name = str(tmp_path_factory.mktemp("session-model"))
-    save_app_model(name)
-    with default_model(name):
-        yield name
-
 
 def reopen(session_id: str | None, page: str):
     """A new browser session (a reload) with `?session=<id>` in the URL, then `page`."""
@@ -44,7 +35,7 @@ def heatmap_z(at):
     return array(maps[0]["data"][0]["z"])
 
 
-def test_reload_restores_the_session_and_a_new_tab_starts_clean(tiny_model):
+def test_reload_restores_the_session_and_a_new_tab_starts_clean(tiny_app):
     from workbench import loader
 
     at = open_page("trace")
@@ -93,10 +84,10 @@ def test_reload_restores_the_session_and_a_new_tab_starts_clean(tiny_model):
         assert new.trace is None and new.edit_layers is None and new.runs == []
         assert [r["subject"] for r in new.draft_rows] == ["Miles Davis"]
     finally:
-        loader.get_ledger().revert(run.batch_id, handle_of(tiny_model))
+        loader.get_ledger().revert(run.batch_id, handle_of(tiny_app))
 
 
-def test_two_tabs_keep_their_own_draft_and_the_menu_reopens_a_session(tiny_model):
+def test_two_tabs_keep_their_own_draft_and_the_menu_reopens_a_session(tiny_app):
     a = new_app().run()
     sa = a.session_state[STATE_KEY]
     sa.set_draft([ROW])
@@ -115,7 +106,7 @@ def test_two_tabs_keep_their_own_draft_and_the_menu_reopens_a_session(tiny_model
     b.session_state["sessions_menu"] = True
     b.run()
     labels = [unescape(c.value) for c in b.sidebar.caption]
-    assert any(x.endswith(f"{os.path.basename(tiny_model)} · R [1] · 1 row") for x in labels), labels
+    assert any(x.endswith(f"{os.path.basename(tiny_app)} · R [1] · 1 row") for x in labels), labels
     assert "open now" in labels                                  # b's own session, without Open
     open_a = b.button(key=f"open_session_{sa.session_id}")
     assert open_a.label == "Open"
@@ -126,7 +117,7 @@ def test_two_tabs_keep_their_own_draft_and_the_menu_reopens_a_session(tiny_model
     assert b.query_params[SESSION_PARAM] == sa.session_id
 
 
-def test_unreadable_session_in_the_url_is_a_message_and_a_new_session(tiny_model):
+def test_unreadable_session_in_the_url_is_a_message_and_a_new_session(tiny_app):
     from workbench import state
 
     a = new_app().run()
@@ -154,7 +145,7 @@ def saved_on_page(page: str, layers: list[int]) -> str:
     return s.session_id
 
 
-def test_a_restored_session_reopens_on_its_page(tiny_model):
+def test_a_restored_session_reopens_on_its_page(tiny_app):
     from workbench import session_store, state
 
     sid = saved_on_page("trace", [1])
@@ -188,7 +179,7 @@ def test_a_restored_session_reopens_on_its_page(tiny_model):
     assert not [b for b in other.button if b.key == "undo"]                          # not History
 
 
-def test_a_new_session_is_not_saved_for_moving_between_pages(tiny_model):
+def test_a_new_session_is_not_saved_for_moving_between_pages(tiny_app):
     from workbench import state
 
     at = open_page("trace")
@@ -196,7 +187,7 @@ def test_a_new_session_is_not_saved_for_moving_between_pages(tiny_model):
     assert not (state.sessions_root() / at.session_state[STATE_KEY].session_id).exists()
 
 
-def test_the_menu_deletes_a_session_after_asking_never_the_open_one(tiny_model):
+def test_the_menu_deletes_a_session_after_asking_never_the_open_one(tiny_app):
     from workbench import state
 
     old = saved_on_page("model", [2])
@@ -221,7 +212,7 @@ def test_the_menu_deletes_a_session_after_asking_never_the_open_one(tiny_model):
     assert (state.sessions_root() / s.session_id).is_dir()                               # its own stays
 
 
-def test_old_sessions_are_pruned_when_a_tab_starts(tiny_model, monkeypatch):
+def test_old_sessions_are_pruned_when_a_tab_starts(tiny_app, monkeypatch):
     import time
 
     from workbench import state
@@ -259,7 +250,7 @@ def tab_of(at) -> str:
     return f"tab-{id(at._session_state._state)}"
 
 
-def test_a_duplicated_tab_continues_as_a_copy(tiny_model, tabs):
+def test_a_duplicated_tab_continues_as_a_copy(tiny_app, tabs):
     from workbench import state
 
     a = new_app()

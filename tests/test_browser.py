@@ -8,6 +8,7 @@ path — model → trace → edit → results — asserts on what is visible, sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -56,6 +57,31 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> Non
     raise TimeoutError(f"the app did not answer at {url} within {timeout:.0f} s")
 
 
+@contextlib.contextmanager
+def running_app(env: dict, log_dir: Path):
+    """`workbench app --port P` on a free port with `env` (its own process group, output in
+    log_dir/server.log); yields (URL, process) once healthy and stops the server by its PID."""
+    exe = Path(sys.executable).parent / "workbench"
+    cmd = [str(exe)] if exe.exists() else [shutil.which("workbench") or "workbench"]
+    port = free_port()
+    with open(log_dir / "server.log", "w") as log:
+        proc = subprocess.Popen(cmd + ["app", "--port", str(port)], env=env, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(url, proc)
+            yield url, proc
+        finally:
+            # `workbench app` execs streamlit; its own process group anyway
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, request):
     """`workbench app --port P` as a subprocess (own process group); yields its URL."""
@@ -75,29 +101,11 @@ def server(tmp_path_factory, request):
         tiny = str(tmp_path_factory.mktemp("tiny-model"))
         save_app_model(tiny)
         env["WORKBENCH_DEFAULT_MODEL"] = tiny
-    exe = Path(sys.executable).parent / "workbench"
-    cmd = [str(exe)] if exe.exists() else [shutil.which("workbench") or "workbench"]
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("browser-log") / "server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd + ["app", "--port", str(port)], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc)
+    with running_app(env, tmp_path_factory.mktemp("browser-log")) as (url, proc):
         cmdline = Path(f"/proc/{proc.pid}/cmdline")
         if cmdline.exists():   # `workbench app` became the server: a signal to its PID stops it
             assert b"streamlit" in cmdline.read_bytes()
         yield url
-    finally:
-        # Stop the server by its PID (`workbench app` execs streamlit; its own process group anyway).
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,12 @@ through Playwright (skipped with the reason when missing, as tests/test_browser.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, wait_healthy, wait_idle
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, running_app, wait_idle
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
 pytestmark = [
@@ -37,25 +33,8 @@ def server(tmp_path_factory):
     save_app_model(tiny)
     env = dict(os.environ, WORKBENCH_HOME=str(home), WORKBENCH_DEFAULT_MODEL=tiny, OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    exe = Path(sys.executable).parent / "workbench"
-    cmd = [str(exe)] if exe.exists() else [shutil.which("workbench") or "workbench"]
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("browser-sessions-log") / "server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd + ["app", "--port", str(port)], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc)
+    with running_app(env, tmp_path_factory.mktemp("browser-sessions-log")) as (url, _):
         yield url, home
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        log.close()
 
 
 def session_on(pg) -> str | None:

@@ -11,16 +11,9 @@ import pytest
 from streamlit import config
 
 import core.patch as patch_mod
-from tests.app_helpers import default_model, errors, handle_of, open_page, same_weights, save_app_model, weights
+from tests.app_helpers import errors, handle_of, open_page, same_weights, weights
 from tests.ledger_helpers import record_seeded
 
-
-@pytest.fixture(scope="module")
-def tiny_app(tmp_path_factory):
-    name = str(tmp_path_factory.mktemp("tiny-app-model"))
-    save_app_model(name)
-    with default_model(name):
-        yield name
 
 
 @pytest.fixture

@@ -4,18 +4,9 @@ the full fact in the tooltip, and one click fills the form."""
 
 from __future__ import annotations
 
-import pytest
-
-from tests.app_helpers import default_model, open_page, save_app_model, unescape
+from tests.app_helpers import open_page, unescape
 from workbench import trace_flow
 
-
-@pytest.fixture(scope="module")
-def tiny_app(tmp_path_factory):
-    name = str(tmp_path_factory.mktemp("tiny-app-model"))
-    save_app_model(name)
-    with default_model(name):
-        yield name
 
 
 def find_block(node, key: str):
