@@ -45,13 +45,21 @@ if s.flash:
     s.flash = None
 
 table = results_flow.history_table(ledger, handle.base_hash)
+# The pickers below start again from the batches applied now whenever a batch is added, undone,
+# reverted or deleted (a kept selection would export batches that are no longer applied).
+signature = results_flow.history_signature(table)
+if st.session_state.get("history_signature") != signature:
+    st.session_state["history_signature"] = signature
+    st.session_state["export_pick"] = table[table["status"] == "applied"]["id"].tolist() if len(table) else []
+    st.session_state.pop("revert_pick", None)
 if table.empty:
     ui.empty_state("No batches yet for this model. Run an edit on the Edit page, or apply a patch "
                    "below.", "edit", "Go to Edit facts")
 else:
     after = {f"post_{k}": st.column_config.NumberColumn(f"{label} after", format="%.1f", help=tip)
              for k, (label, tip) in ((k, results_flow.METRIC_HELP[k]) for k in ("ES", "PS", "NS", "S"))}
-    st.dataframe(table, hide_index=True, key="history_table", column_config=after)
+    st.dataframe(table, hide_index=True, key="history_table", width="stretch",
+                 column_config={**after, "subjects": st.column_config.TextColumn("subjects", width="medium")})
     applied = table[table["status"] == "applied"]["id"].tolist()
     c1, c2 = st.columns(2)
     with c1:
@@ -68,7 +76,8 @@ else:
     with c2:
         st.markdown("**Revert an earlier batch**")
         st.caption("Subtracts its ΔW; the drift from an exact replay is reported.")
-        pick = st.selectbox("Batch", applied, key="revert_pick", disabled=not applied)
+        pick = st.selectbox("Batch", applied, key="revert_pick", disabled=not applied,
+                            format_func=lambda i: results_flow.batch_label(table, i))
         if st.button("Revert batch", key="revert", disabled=not applied):
             with ui.guard("Revert"):
                 report = ledger.revert(int(pick), handle)
@@ -77,11 +86,15 @@ else:
                     f"{report.max_drift:.2e}.")
                 st.rerun()
     st.subheader("Export a patch")
-    chosen = st.multiselect("Batches", table["id"].tolist(), default=applied, key="export_pick",
+    chosen = st.multiselect("Batches", table["id"].tolist(), key="export_pick",
+                            format_func=lambda i: results_flow.batch_label(table, i),
                             help="The ΔW of these batches and a manifest (base model hash, method, "
-                            "hyperparameters, requests) in one safetensors file.")
+                            "hyperparameters, requests) in one safetensors file. Starts from the "
+                            "batches applied now.")
     mode = st.radio("Mode", ["per_batch", "sum"], horizontal=True, key="export_mode",
-                    help="per_batch re-applies exactly as recorded; sum adds one ΔW per layer.")
+                    format_func={"per_batch": "one ΔW per batch", "sum": "summed ΔW per layer"}.get,
+                    help="One ΔW per batch re-applies exactly as recorded (and can be undone batch "
+                    "by batch); summed adds one ΔW per layer (smaller file, one batch when applied).")
     if chosen:
         note = reupload_note(export_size(handle, ledger, chosen, mode),
                              export_size(handle, ledger, chosen, "sum") if mode == "per_batch" else None)
@@ -92,7 +105,10 @@ else:
                            on_click="ignore", icon=":material/download:")
 
 st.subheader("Apply a patch")
-up = st.file_uploader("Patch file (.safetensors)", type=["safetensors"], key="patch_upload",
+# A new uploader after each applied patch: the file just applied is gone from it, so a second
+# click cannot apply the same patch twice.
+up = st.file_uploader("Patch file (.safetensors)", type=["safetensors"],
+                      key=f"patch_upload_{st.session_state.get('patch_uploads', 0)}",
                       max_upload_size=upload_mb,
                       help=f"Made by the workbench for the same base model; refused otherwise. At most "
                       f"{upload_mb} MB.")
@@ -109,5 +125,7 @@ if up is not None and st.button("Apply patch", key="apply_patch"):
         path.write_bytes(up.getvalue())
         rep = apply_patch(handle, path, force=force, ledger=ledger)
         s.flash = (
-            f"Applied {rep.n_batches} batch(es), {rep.n_edits} edit(s), layers {rep.layers}.")
+            f"Applied {ui.escape_md(name)}: {rep.n_batches} batch(es), {rep.n_edits} edit(s), "
+            f"layers {rep.layers}.")
+        st.session_state["patch_uploads"] = st.session_state.get("patch_uploads", 0) + 1
         st.rerun()

@@ -79,6 +79,20 @@ def model_zip_bytes(handle, note: dict | None = None) -> bytes:
     return buf.getvalue()
 
 
+# Method names as the charts' legends and the Results page's run picker show them.
+METHOD_NAMES = {"memit": "MEMIT", "rome": "ROME", "ft": "FT-W"}
+
+
+def with_method_names(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a table whose `method` column reads MEMIT / ROME / FT-W (not memit / rome / ft),
+    for display; 'unedited' and unknown names stay as they are."""
+    if "method" not in df:
+        return df
+    out = df.copy()
+    out["method"] = [METHOD_NAMES.get(m, m) for m in out["method"]]
+    return out
+
+
 def history_table(ledger, base_hash: str) -> pd.DataFrame:
     """The ledger's batches of this model, newest first, with the headline metrics."""
     df = ledger.table(base_hash)
@@ -86,7 +100,33 @@ def history_table(ledger, base_hash: str) -> pd.DataFrame:
         return df
     keep = [c for c in ("id", "time", "method", "edits", "layers", "subjects", "status",
                         "post_ES", "post_PS", "post_NS", "post_S", "seconds") if c in df]
-    return df[keep].sort_values("id", ascending=False).reset_index(drop=True)
+    return with_method_names(df[keep].sort_values("id", ascending=False).reset_index(drop=True))
+
+
+def history_signature(table: pd.DataFrame) -> tuple:
+    """(id, status) of every batch in the History table: it changes when a batch is added,
+    undone, reverted or deleted, and then the History page's pickers start again from the
+    batches applied now."""
+    if table.empty:
+        return ()
+    return tuple(zip(table["id"].astype(int).tolist(), table["status"].astype(str).tolist()))
+
+
+def batch_label(table: pd.DataFrame, batch_id: int) -> str:
+    """'3 · FT-W · 10 edit(s) · Julia Kay Chatgate, …' for a picker of batches."""
+    row = table[table["id"] == batch_id]
+    if row.empty:
+        return str(batch_id)
+    r = row.iloc[0]
+    parts = [str(batch_id)]
+    if "method" in r:
+        parts.append(str(r["method"]))
+    if "edits" in r:
+        parts.append(f"{r['edits']} edit(s)")
+    if "subjects" in r and isinstance(r["subjects"], str) and r["subjects"]:
+        subj = r["subjects"]
+        parts.append(subj if len(subj) <= 40 else subj[:39] + "…")
+    return " · ".join(parts)
 
 
 # ---- table headers for people -------------------------------------------------------------------
@@ -113,7 +153,8 @@ METRIC_HELP = {
     "seconds": ("seconds", "Wall time of the edit and its metrics."),
     "delta_norm": ("‖ΔW‖", "Frobenius norm of the weight change (largest layer)."),
     "relative_norm": ("‖ΔW‖/‖W‖", "The change relative to the layer's own weights."),
-    "stored": ("stored", "Median share of each edit its layers could store (MEMIT)."),
+    "stored": ("stored %", "MEMIT: the median share of its change an edit kept in the most "
+               "crowded layer of R, in percent (the Results page's per-edit 'stored' as a fraction)."),
     "layers": ("layers", "The layers edited."),
     "neighbours_excluded": ("neighbours left out", "Neighbour prompts about subjects the batch "
                             "edits under the same relation, left out of NS (their true object "
