@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.genmetrics import generate_texts
-from workbench import edit_flow, learn_flow, lessons, loader, state, trace_flow, ui
+from workbench import edit_flow, learn_flow, lessons, loader, results_flow, state, trace_flow, ui
 from workbench.charts import trace as charts
 
 s = state.get()
@@ -39,6 +39,11 @@ fact = facts[fi]
 if L.get("fact") != fact:
     L.clear()
     L["fact"] = fact
+own = "run" in L and results_flow.batch_status(loader.get_ledger(), L["run"].batch_id) == "applied"
+if n_applied := loader.applied_batches(handle) - own:          # the tour's own edit (step 4) aside
+    st.warning(lessons.edited_model_note(n_applied), icon=":material/warning:")
+    st.page_link(ui.page_path("history"), label="Undo batches on the History page",
+                 icon=":material/history:")
 
 st.header(step.title)
 st.markdown(step.text)
@@ -68,8 +73,14 @@ elif step.key in ("trace", "layers"):
                    "the early-middle layers; in this small 8-layer demo model, at layers 0-1.")
     elif full is not None:
         st.plotly_chart(charts.severed_chart(full.severed, suggestion=full.suggestion), key="learn_severed")
-        st.markdown(f"The gap is largest over layers **{full.suggestion.layers}**: the suggested R.")
-        if st.button("Use these layers for editing", key="learn_use_layers"):
+        if full.suggestion.note:        # as on the Causal trace page: too weak to pick R
+            st.warning(ui.escape_md(full.suggestion.note), icon=":material/warning:")
+            st.markdown(f"The trace does not single out layers for this fact; **{full.suggestion.layers}** "
+                        "is only the least bad window, not a finding.")
+        else:
+            st.markdown(f"The gap is largest over layers **{full.suggestion.layers}**: the suggested R.")
+        if st.button("Use these layers anyway" if full.suggestion.note else "Use these layers for editing",
+                     key="learn_use_layers"):
             s.edit_layers = list(full.suggestion.layers)
             st.success(f"R = {s.edit_layers} will be used on the Edit page and in step 4.")
 elif step.key == "edit":

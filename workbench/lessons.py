@@ -115,3 +115,14 @@ STEPS = (
         ),
     ),
 )
+
+
+def edited_model_note(n_applied: int) -> str:
+    """What the tour says when the model already carries edits: every step reads the model as it
+    is now, so a fact edited before (or pushed aside by another edit) traces and tests differently
+    from the clean model the lesson text describes."""
+    batches = f"{n_applied} edit batch{'es' if n_applied != 1 else ''}"
+    return (f"The model carries {batches} already. Every step reads the model as it is now: a fact "
+            "that an earlier edit changed, or pushed aside, answers, traces and tests differently "
+            "from the unedited model the text describes. Undo the batches on the History page for "
+            "a clean demonstration.")
