@@ -1,6 +1,7 @@
 """Charts of an edit: EditResult / metric dicts → plotly figures (pure functions, no Streamlit).
 
     delta_norm_chart(result)      ‖ΔW‖ per edited layer, absolute, relative to ‖W‖, output change
+                                  (log axes when the layers differ by 100× or more)
     per_edit_chart(result)        final z loss and ‖δ‖/‖h‖ per edit
     contribution_chart(result)    ‖δᵢ‖ per edit, largest first: which facts moved the model most
     metrics_chart(pre, post)      ES / PS / NS / S before and after (percent)
@@ -40,10 +41,21 @@ def delta_norm_chart(result, title: str | None = None) -> go.Figure:
     for col in range(1, len(panels) + 1):
         fig.update_xaxes(title_text="layer (W_out of the MLP)", tickmode="array", tickvals=layers,
                          row=1, col=col)
+    # Norms that differ by orders of magnitude between layers (the demo model's key room: layer 0
+    # ~1e2, layer 1 ~1e7) leave the small layers as invisible bars on a linear axis.
+    for col, values in ((1, result.delta_norms), (2, result.relative_norms)):
+        if wide_spread([values[l] for l in layers]):
+            fig.update_yaxes(type="log", exponentformat="power", title_text="log scale", row=1, col=col)
     fig.update_layout(title=title or f"Weight change norms per layer ({result.method.upper()}, "
                       f"{len(result.requests)} edits)", showlegend=False, template="plotly_white",
                       height=340, width=380 * len(panels))
     return fig
+
+
+def wide_spread(values, ratio: float = 100.0) -> bool:
+    """Whether positive values span at least `ratio` (max / min): then a log axis shows them all."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v)) and float(v) > 0]
+    return len(vals) >= 2 and max(vals) / min(vals) >= ratio
 
 
 def per_edit_chart(result, title: str | None = None) -> go.Figure:

@@ -139,10 +139,13 @@ def severed_chart(severed, *, suggestion=None, title: str | None = None) -> go.F
                              line={"color": "black", "dash": "dot"},
                              hovertemplate="layer %{x}<br>gap = %{y:+.5f}<extra></extra>"))
     if suggestion is not None and suggestion.layers:
-        fig.add_vrect(x0=suggestion.layers[0] - 0.5, x1=suggestion.layers[-1] + 0.5,
-                      fillcolor="gold", opacity=0.18, line_width=0, layer="below",
-                      annotation_text=f"suggested R = {suggestion.layers[0]}…{suggestion.layers[-1]}",
-                      annotation_position="top left")
+        x0, x1 = suggestion.layers[0] - 0.5, suggestion.layers[-1] + 0.5
+        fig.add_vrect(x0=x0, x1=x1, fillcolor="gold", opacity=0.18, line_width=0, layer="below")
+        # The label sits just above the plot area, centred on the band: inside it, it was drawn
+        # over the tallest bars (those of R itself).
+        fig.add_annotation(x=(x0 + x1) / 2, xref="x", y=1, yref="y domain", yanchor="bottom",
+                           showarrow=False, font={"size": 12},
+                           text=f"suggested R = {suggestion.layers[0]}…{suggestion.layers[-1]}")
     fig.update_layout(
         barmode="group", title={"text": title or _severed_title(severed)},
         xaxis_title="layer at which the single hidden state is restored", xaxis_dtick=1,
