@@ -104,14 +104,16 @@ with ui.guard("Hyperparameters"):
                                                      min_value=type(v)(0))
     hparams = preset.replace(**changes)
     hparams_ok = True
+    st.caption(edit_flow.layers_line(s.method, hparams.layers, bool(s.edit_layers)))
 
 ready = bool(requests) and not problems and hparams_ok
 if s.method == "memit":
     with st.expander("Capacity check: how full would R be with this batch?"):
         st.caption(edit_flow.CAPACITY_HELP)
         if st.button("Check capacity", key="check_capacity", disabled=not ready,
-                     help="Reads the keys of this batch and the layers' key statistics; seconds, "
-                     "nothing is edited."):
+                     help="Reads the keys of this batch and the layers' key statistics; nothing "
+                     "is edited. Seconds once a layer's statistics are cached; the first check (or "
+                     "edit) of a layer computes them, minutes on a CPU, and they are kept on disk."):
             with ui.guard("Capacity check"), ui.progress("Capacity check") as cb:
                 s.capacity = edit_flow.capacity_table(handle, requests, hparams, progress=cb)
                 s.capacity_for = edit_flow.capacity_signature(requests, hparams)

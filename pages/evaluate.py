@@ -41,7 +41,7 @@ if st.button("Compare", type="primary", key="run_compare", disabled=not methods)
 if s.comparison is not None:
     comp = s.comparison
     st.plotly_chart(charts.comparison_bars(comp.table), key="compare_chart")
-    st.dataframe(comp.table, hide_index=True, key="compare_table",
+    st.dataframe(results_flow.with_method_names(comp.table), hide_index=True, key="compare_table",
                  column_config=results_flow.metric_columns(comp.table.columns))
     st.download_button("Comparison CSV", ui.csv_bytes(comp.table), file_name="comparison.csv",
                        mime="text/csv", key="dl_compare", on_click="ignore")
@@ -67,7 +67,7 @@ if s.scaling is not None:
     table = s.scaling
     fig = charts.scaling_figure(table)
     st.plotly_chart(fig, key="scaling_chart")
-    st.dataframe(table, hide_index=True, key="scaling_table",
+    st.dataframe(results_flow.with_method_names(table), hide_index=True, key="scaling_table",
                  column_config=results_flow.metric_columns(table.columns))
     e1, e2 = st.columns(2)
     e1.download_button("Scaling CSV", ui.csv_bytes(table), file_name="scaling.csv", mime="text/csv",

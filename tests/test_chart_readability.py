@@ -47,3 +47,62 @@ def test_delta_norm_panels_use_a_log_axis_when_layers_differ_by_orders_of_magnit
 def test_wide_spread_needs_two_positive_values_a_hundredfold_apart():
     assert wide_spread([1.0, 100.0]) and not wide_spread([1.0, 99.0])
     assert not wide_spread([0.0, 5.0]) and not wide_spread([7.0]) and not wide_spread([float("nan"), 3.0])
+
+
+def test_evaluate_names_metrics_and_methods_as_the_other_pages_do():
+    import pandas as pd
+
+    from workbench.charts.scaling import comparison_bars, scaling_figure
+    from workbench.results_flow import with_method_names
+
+    table = pd.DataFrame([{"method": m, "n": 5, "ES": 90.0, "PS": 80.0, "NS": 70.0, "S": 79.0, "GE": 4.4}
+                          for m in ("unedited", "memit", "rome", "ft")])
+    bars = comparison_bars(table)
+    assert list(bars.data[1].x) == ["Efficacy success (ES)", "Paraphrase success (PS)",
+                                    "Neighbourhood success (NS)", "Score (S)"]
+    fig = scaling_figure(table.assign(n=[5, 5, 5, 5]))
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[:3] == ["Efficacy ES", "Paraphrase PS", "Neighbourhood NS"]
+    hovers = {t.hovertemplate.split("<br>")[2].split("=")[0] for t in fig.data if t.xaxis == "x2"}
+    assert hovers == {"Paraphrase success (PS), generalization"}
+    shown = with_method_names(table)
+    assert shown["method"].tolist() == ["unedited", "MEMIT", "ROME", "FT-W"]
+    assert table["method"].tolist() == ["unedited", "memit", "rome", "ft"]     # the stored table untouched
+    assert with_method_names(pd.DataFrame({"n": [1]}))["n"].tolist() == [1]
+
+
+def test_evaluate_page_tables_read_method_names(tiny_app):
+    import pandas as pd
+
+    from tests.app_helpers import open_page
+    from workbench.state import STATE_KEY
+
+    at = open_page("evaluate")
+    at.session_state[STATE_KEY].scaling = pd.DataFrame(
+        [{"method": m, "n": n, "ES": 90.0, "PS": 80.0, "NS": 70.0, "S": 79.0}
+         for n in (1, 10) for m in ("unedited", "memit", "ft")])
+    at.run()
+    assert not at.exception, at.exception
+    shown = at.dataframe[0].value
+    assert shown["method"].tolist() == ["unedited", "MEMIT", "FT-W"] * 2
+    assert at.session_state[STATE_KEY].scaling["method"].tolist()[:3] == ["unedited", "memit", "ft"]
+
+
+def test_edit_page_says_which_layers_the_method_will_write(tiny_app):
+    from tests.app_helpers import open_page
+    from workbench.edit_flow import layers_line
+    from workbench.state import STATE_KEY
+
+    assert layers_line("memit", [4, 3, 5], True) == "MEMIT will edit layers R = [3, 4, 5] (from the causal trace)."
+    assert layers_line("rome", [3, 4, 5, 6], False) == \
+        "ROME will edit layer 4, the middle of R = [3, 4, 5, 6] (the preset for this model)."
+    assert layers_line("ft", [0, 1], True) == "FT-W will fine-tune layer 1, the last of R = [0, 1] (from the causal trace)."
+
+    at = open_page("edit")
+    at.session_state[STATE_KEY].edit_layers = [0, 1]
+    at.run()
+    lines = [c.value for c in at.caption if "will " in c.value]
+    assert lines == ["MEMIT will edit layers R = [0, 1] (from the causal trace)."], lines
+    at.radio(key="method").set_value("ft").run()
+    lines = [c.value for c in at.caption if "will " in c.value]
+    assert lines == ["FT-W will fine-tune layer 1, the last of R = [0, 1] (from the causal trace)."], lines

@@ -104,6 +104,22 @@ def default_hparams(handle, method: str, layers: list[int] | None):
     return preset_for(handle, layers=layers)
 
 
+def layers_line(method: str, layers: list[int], from_trace: bool) -> str:
+    """Which layers a run of `method` will write, said where the Run button is (R itself sits in
+    the closed Hyperparameters expander): ROME takes the middle layer of R, FT-W the last."""
+    from core.rome import rome_layer
+
+    R = sorted(int(x) for x in layers)
+    origin = " (from the causal trace)" if from_trace else " (the preset for this model)"
+    if not R:
+        return "No layers chosen: pick R under Hyperparameters."
+    if method == "rome":
+        return f"ROME will edit layer {rome_layer(R)}, the middle of R = {R}{origin}."
+    if method == "ft":
+        return f"FT-W will fine-tune layer {max(R)}, the last of R = {R}{origin}."
+    return f"MEMIT will edit layers R = {R}{origin}."
+
+
 def run_edit(handle, requests: list[EditRequest], method: str, hparams, ledger, key: tuple,
              progress=None) -> RunRecord:
     """Metrics before → edit → apply + record → metrics after → generations. Atomic per core."""

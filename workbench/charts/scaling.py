@@ -20,15 +20,20 @@ METHOD_STYLE = {
     "ft": {"color": "#2ca02c", "name": "FT-W"},
     REFERENCE: {"color": "#555555", "name": "unedited", "dash": "dot"},
 }
-METRIC_TITLES = {"ES": "Efficacy (ES)", "PS": "Generalization (PS)", "NS": "Specificity (NS)",
-                 "NS_outside": "Specificity, subjects outside the batch (NS)",
-                 "S": "Score (S)", "GE": "Fluency (GE, bits)", "RS": "Consistency (RS)",
+# The metrics' names as the Results and History pages give them (the paper's Figure 5 calls
+# PS "generalization", NS "specificity" and GE "fluency"; the hover text keeps those roles).
+METRIC_TITLES = {"ES": "Efficacy success (ES)", "PS": "Paraphrase success (PS)",
+                 "NS": "Neighbourhood success (NS)",
+                 "NS_outside": "Neighbourhood success, subjects outside the batch (NS)",
+                 "S": "Score (S)", "GE": "Generation entropy (GE, bits)", "RS": "Reference score (RS)",
                  "seconds": "Time to compute (s)", "stored": "Stored share (MEMIT, %)"}
+METRIC_ROLES = {"ES": "efficacy", "PS": "generalization", "NS": "specificity",
+                "NS_outside": "specificity", "GE": "fluency", "RS": "consistency"}
 # Panel titles short enough for a panel a quarter of the page wide; the long names above go in
 # the hover text.
-PANEL_TITLES = {"ES": "Efficacy ES", "PS": "Generalization PS", "NS": "Specificity NS",
-                "NS_outside": "NS, outside batch", "S": "Score S", "GE": "Fluency GE (bits)",
-                "RS": "Consistency RS", "seconds": "Time (s)", "stored": "Stored share % (MEMIT)"}
+PANEL_TITLES = {"ES": "Efficacy ES", "PS": "Paraphrase PS", "NS": "Neighbourhood NS",
+                "NS_outside": "NS, outside batch", "S": "Score S", "GE": "Gen. entropy GE (bits)",
+                "RS": "Reference RS", "seconds": "Time (s)", "stored": "Stored share % (MEMIT)"}
 PANELS_PER_ROW = 4
 
 
@@ -76,7 +81,7 @@ def scaling_figure(df: pd.DataFrame, metrics=("ES", "PS", "NS", "S", "GE", "stor
                 x=part["n"], y=pd.to_numeric(part[metric], errors="coerce"), mode="lines+markers",
                 name=style["name"], legendgroup=method, showlegend=i == 0,
                 line={"color": style["color"], "dash": style.get("dash", "solid")},
-                hovertemplate=f"{style['name']}<br>n=%{{x}}<br>{METRIC_TITLES.get(metric, metric)}"
+                hovertemplate=f"{style['name']}<br>n=%{{x}}<br>{_hover_name(metric)}"
                               "=%{y:.1f}<extra></extra>"),
                 row=row, col=col)
         last_row = i + cols >= len(metrics)            # no panel below: name the axis here
@@ -108,6 +113,12 @@ def comparison_bars(table: pd.DataFrame, metrics=("ES", "PS", "NS", "S"), title:
     fig.update_layout(barmode="group", template="plotly_white", height=420, width=760,
                       title=title or f"Methods on the same {n} edit(s)", yaxis={"range": [0, 110], "title": "percent"})
     return fig
+
+
+def _hover_name(metric: str) -> str:
+    """'Paraphrase success (PS), generalization': the page's name and the paper's role."""
+    name = METRIC_TITLES.get(metric, metric)
+    return f"{name}, {METRIC_ROLES[metric]}" if metric in METRIC_ROLES else name
 
 
 def _nan(x) -> bool:
