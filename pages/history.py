@@ -87,7 +87,7 @@ else:
                 st.rerun()
     st.subheader("Export a patch")
     chosen = st.multiselect("Batches", table["id"].tolist(), key="export_pick",
-                            format_func=lambda i: results_flow.batch_label(table, i),
+                            format_func=lambda i: results_flow.batch_label(table, i, subjects=False),
                             help="The ΔW of these batches and a manifest (base model hash, method, "
                             "hyperparameters, requests) in one safetensors file. Starts from the "
                             "batches applied now.")

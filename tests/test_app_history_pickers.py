@@ -48,6 +48,7 @@ def test_export_picker_follows_the_ledger_and_keeps_a_choice_meanwhile(tiny_app)
         assert at.multiselect(key="export_pick").value == [third.id, first_id]
         assert second_id not in at.multiselect(key="export_pick").value   # undone: not exported
 
+        assert at.multiselect(key="export_pick").format_func(first_id) == f"{first_id} · MEMIT · 1 edit(s)"
         shown = at.dataframe[0].value                                     # the History table
         assert set(shown["method"]) == {"MEMIT"}                           # not 'memit'
         assert [str(o) for o in at.radio(key="export_mode").options] == ["one ΔW per batch",

@@ -112,8 +112,9 @@ def history_signature(table: pd.DataFrame) -> tuple:
     return tuple(zip(table["id"].astype(int).tolist(), table["status"].astype(str).tolist()))
 
 
-def batch_label(table: pd.DataFrame, batch_id: int) -> str:
-    """'3 · FT-W · 10 edit(s) · Julia Kay Chatgate, …' for a picker of batches."""
+def batch_label(table: pd.DataFrame, batch_id: int, subjects: bool = True) -> str:
+    """'3 · FT-W · 10 edit(s) · Julia Kay Chatgate, …' for a picker of batches (without the
+    subjects for the chips of a multiselect)."""
     row = table[table["id"] == batch_id]
     if row.empty:
         return str(batch_id)
@@ -123,7 +124,7 @@ def batch_label(table: pd.DataFrame, batch_id: int) -> str:
         parts.append(str(r["method"]))
     if "edits" in r:
         parts.append(f"{r['edits']} edit(s)")
-    if "subjects" in r and isinstance(r["subjects"], str) and r["subjects"]:
+    if subjects and "subjects" in r and isinstance(r["subjects"], str) and r["subjects"]:
         subj = r["subjects"]
         parts.append(subj if len(subj) <= 40 else subj[:39] + "…")
     return " · ".join(parts)
