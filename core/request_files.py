@@ -13,10 +13,11 @@ import json
 from pathlib import Path
 
 from core.errors import BadInputError
+from core.relation_table import load_relations, template_ids
 from core.request_text import TEXT_FIELDS
 from core.requests import (_ALIASES, DEFAULT_MAX_BYTES, FORMATS, EditRequest, RequestValidationError,
                            RowProblem, _batch_problems, _missing_columns, _normalise_keys, _row_request,
-                           _template_ids, _text, load_relations, requests_from_rows)
+                           _text, requests_from_rows)
 
 # ---- published datasets -------------------------------------------------------------------------
 
@@ -268,7 +269,7 @@ def load_dataset_requests(path, n: int | None = None, *, fmt: str | None = None,
     fmt = fmt or _detect_json_format(records)
     one = {"counterfact": _counterfact_request, "zsre": _zsre_request}.get(fmt)
     table = load_relations(None) if one is None else {}
-    tmpl_ids = _template_ids(table)
+    tmpl_ids = template_ids(table)
     kept, skipped, seen = [], [], {}
     for row, rec in enumerate(records, start=1):
         if n is not None and len(kept) >= n:

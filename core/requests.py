@@ -16,11 +16,10 @@ nothing is half-read: `read_requests` raises `RequestValidationError` listing al
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from core.errors import BadInputError
+from core.relation_table import load_relations, template_ids
 from core.request_text import text_problems
 
 DEFAULT_MAX_BYTES = 20 * 2**20  # the app's upload limit (20 MB)
@@ -125,41 +124,6 @@ def fill(template: str, subject: str) -> str:
     return template.replace("{}", subject, 1)
 
 
-# ---- relation table -----------------------------------------------------------------------------
-
-def load_relations(source=None) -> dict[str, dict]:
-    """Relation table keyed by lower-case name and id: {"sport": rec, "p641": rec, ...}.
-
-    source: None (assets/world/relations.json, {} when missing), a path, a list of records, or a
-    ready mapping.
-    """
-    if isinstance(source, dict):
-        return {str(k).lower(): v for k, v in source.items()}
-    if source is None or isinstance(source, (str, Path)):
-        from core.model import assets_dir
-
-        path = Path(source) if source is not None else assets_dir() / "world" / "relations.json"
-        if not path.is_file():
-            if source is not None:
-                raise BadInputError(f"relation table {path} not found", field="relations")
-            return {}
-        source = json.loads(path.read_text(encoding="utf-8"))
-    table = {}
-    for rec in source:
-        table[str(rec["name"]).lower()] = rec
-        table[str(rec["relation_id"]).lower()] = rec
-    return table
-
-
-def _template_ids(table: dict[str, dict]) -> dict[str, str]:
-    """Every template and paraphrase template of the table -> its relation id."""
-    out = {}
-    for rec in table.values():
-        for t in list(rec.get("templates", [])) + list(rec.get("paraphrase_templates", [])):
-            out.setdefault(t, rec["relation_id"])
-    return out
-
-
 # ---- rows -> requests ---------------------------------------------------------------------------
 
 def _split_list(v) -> tuple[str, ...]:
@@ -262,7 +226,7 @@ def requests_from_rows(rows: list[dict], relations=None, *,
     (the row number the user sees for each row, when some rows were left out).
     """
     table = load_relations(relations)
-    tmpl_ids = _template_ids(table)
+    tmpl_ids = template_ids(table)
     problems, indexed = [], []
     for n, raw in zip(_numbers(numbers, len(rows)), rows):
         if not isinstance(raw, dict):

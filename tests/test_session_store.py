@@ -21,7 +21,8 @@ from core.tracing import TraceResult
 from workbench import session_store as store
 from workbench import state
 from workbench.state import RunRecord, WorkbenchState
-from workbench.state_codec import SAVED, _Encoder, fingerprint, resolve_class, to_json
+from workbench.state_codec import SAVED, _Encoder, resolve_class, to_json
+from workbench.state_fingerprint import fingerprint
 from workbench.trace_flow import FullTrace
 
 

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from core.ledger_io import write_atomic
-from workbench.state_codec import READ_ERRORS, Reuse, SessionError, decode, fingerprint, to_json
+from workbench.state_codec import READ_ERRORS, Reuse, SessionError, decode, to_json
+from workbench.state_fingerprint import fingerprint
 
 LOG = logging.getLogger("workbench.session_store")
 FORMAT = 1

@@ -23,7 +23,7 @@ and those unchanged for `KEEP_SESSION_DAYS`, are deleted — never the tab's own
 in another connected tab, never one changed in the last day (`PRUNE_GRACE_DAYS`).
 
 One session, one tab: `keep_own` (every run) makes the tab that opened a session its owner in a
-process-wide registry (`Owners`); a second connected tab that opens the same id (a duplicated
+process-wide registry (`workbench.tab_owners`); a second connected tab that opens the same id (a duplicated
 tab) continues as a copy under a new id, so neither overwrites the other's work. Tabs are told
 apart by Streamlit's session id and counted as connected by `Runtime.is_active_session`; only
 tabs served by this process are seen (a second server on the same workspace is not).
@@ -35,8 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ import streamlit as st
 from core.paths import workspace_dir
 from workbench import session_store
 from workbench.state_codec import SAVED, transient
+from workbench.tab_owners import owners, tab_id
 
 LOG = logging.getLogger("workbench.state")
 STATE_KEY = "workbench_state"
@@ -347,64 +346,7 @@ def delete_saved(session_id: str) -> None:
         st.toast("Session deleted.", icon=":material/delete:")
 
 
-# ---- one tab per session ----------------------------------------------------------------------
-
-class Owners:
-    """Which tab (Streamlit session id) has each workbench session open, for one server process.
-
-    Shared by all script threads (held by `owners()`), so every access takes the lock. A tab's
-    claim lasts while `is_live(tab)` says it is connected; a disconnected tab's claim lapses."""
-
-    MAX_ENTRIES = 512                      # beyond this, claims of disconnected tabs are dropped
-
-    def __init__(self, is_live: Callable[[str], bool]):
-        self._is_live = is_live
-        self._lock = threading.Lock()
-        self._tab_of: dict[str, str] = {}  # workbench session id → tab
-
-    def claim(self, session_id: str, tab: str) -> bool:
-        """Make `tab` the owner of `session_id` unless another connected tab is; True when it is now."""
-        with self._lock:
-            owner = self._tab_of.get(session_id)
-            if owner is not None and owner != tab and self._is_live(owner):
-                return False
-            if len(self._tab_of) >= self.MAX_ENTRIES:
-                self._tab_of = {k: t for k, t in self._tab_of.items() if self._is_live(t)}
-            self._tab_of[session_id] = tab
-            return True
-
-    def release(self, session_id: str, tab: str) -> None:
-        with self._lock:
-            if self._tab_of.get(session_id) == tab:
-                del self._tab_of[session_id]
-
-    def held(self, but: str | None = None) -> set[str]:
-        """The sessions open in connected tabs (other than `but`)."""
-        with self._lock:
-            return {sid for sid, t in self._tab_of.items() if t != but and self._is_live(t)}
-
-
-def tab_id() -> str | None:
-    """This tab's Streamlit session id (None outside a script run)."""
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    ctx = get_script_run_ctx(suppress_warning=True)
-    return ctx.session_id if ctx is not None else None
-
-
-def tab_is_live(tab: str) -> bool:
-    """Whether the tab's websocket is connected (Runtime.is_active_session: thread-safe). A real
-    runtime answers a bool; AppTest's stand-in runtime answers nothing, and no tab counts as live."""
-    from streamlit.runtime import Runtime
-
-    return Runtime.exists() and Runtime.instance().is_active_session(tab) is True
-
-
-@st.cache_resource(show_spinner=False)
-def owners() -> Owners:
-    """The registry of this server process (one for all sessions)."""
-    return Owners(tab_is_live)
-
+# ---- one tab per session (the registry: workbench.tab_owners) ---------------------------------
 
 def keep_own(s: WorkbenchState) -> None:
     """Claim this tab's session (every run). When another connected tab has it open — this tab is

@@ -9,10 +9,9 @@ written drops its field (reported), a field that cannot be read takes its defaul
 Decoding never imports a class outside `core.`/`workbench.` (nor the app's entry scripts).
 
 Saving runs at the end of every script run, so telling "unchanged" must be cheap even for a state
-that holds a 1,000-edit run: `fingerprint` walks the state without encoding it (values the app
-replaces but never changes in place — DataFrames, numpy arrays, frozen dataclasses of such — are
-compared by identity), and `to_json` reuses the JSON text of those values from the previous write
-(`Reuse`). No streamlit, no pickle.
+that holds a 1,000-edit run: `workbench.state_fingerprint.fingerprint` walks the state without
+encoding it, and `to_json` reuses the JSON text of the values it found immutable from the
+previous write (`Reuse`). No streamlit, no pickle.
 """
 
 from __future__ import annotations
@@ -23,11 +22,14 @@ import importlib
 import json
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
+
+if TYPE_CHECKING:
+    from workbench.state_fingerprint import Same
 
 SAVED = "workbench_saved"            # dataclass field metadata key: False = not written
 _MODULE = re.compile(r"(core|workbench)(\.[a-z_][a-z0-9_]*)+\Z")
@@ -59,11 +61,11 @@ class _Encoder:
         self._open: set[int] = set()
         self._refs = 0
         self.reuse = reuse
-        self.raw: list[str] = []               # texts behind the {"__raw__": i} placeholders
+        self.raw: list[str] = []               # texts that the {"__raw__": i} markers stand for
         self.kept: dict[int, tuple[Any, str]] = {}
 
     def _reused(self, x: Any, make) -> Any:
-        """`make()` — or, for a value vouched immutable, a placeholder for its JSON text, taken
+        """`make()` — or, for a value vouched immutable, a marker that stands for its JSON text, taken
         from the previous encode when it met the same object (kept only when self-contained)."""
         reuse = self.reuse
         same = reuse.immutable.get(id(x)) if reuse is not None else None
@@ -194,7 +196,7 @@ def to_json(obj: Any, reuse: Reuse | None = None) -> tuple[str, list[torch.Tenso
         return text, enc.tensors, enc.skipped
     parts, at = [], 0
     for i, m in enumerate(_RAW.finditer(text)):
-        if i >= len(enc.raw) or m.group(1) != str(i):   # a placeholder-like text in the data: no splice
+        if i >= len(enc.raw) or m.group(1) != str(i):   # marker-like text in the data: no splice
             return to_json(obj)
         parts += [text[at:m.start()], enc.raw[i]]
         at = m.end()
@@ -312,96 +314,3 @@ def decode(tree: Any, tensors: dict[str, torch.Tensor] | None = None) -> tuple[A
     dec = _Decoder(tensors or {})
     obj = dec.decode(tree, "state")
     return obj, dec.problems
-
-
-# ---- change detection -----------------------------------------------------------------------
-
-class Same:
-    """A value compared by identity inside a fingerprint (held, so its id cannot be reused)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-
-    def __eq__(self, other: Any) -> bool:
-        return type(other) is Same and other.obj is self.obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-
-class _Printer:
-    def __init__(self, known: dict[int, Same]):
-        self.known = known
-        self.immutable: dict[int, Same] = {}
-
-    def of(self, x: Any, depth: int = 0) -> tuple[Any, bool]:
-        """(fingerprint, whether x can never change in place)."""
-        t = type(x)
-        if t is str or x is None:
-            return x, True
-        if t is float:
-            return ("f", x.hex()), True                  # -0.0 ≠ 0.0, NaN = NaN, as written
-        if t is int or t is bool:
-            return (t, x), True                          # 1, 1.0 and True are written differently
-        same = self.known.get(id(x))
-        if same is not None and same.obj is x:           # checked before: immutable
-            self.immutable[id(x)] = same
-            return same, True
-        if depth > _MAX_DEPTH:
-            return Same(x), False                        # (encode refuses it)
-        if isinstance(x, (np.ndarray, pd.DataFrame)):
-            return self._fixed(x), True                  # replaced, never changed in place
-        if isinstance(x, torch.Tensor):
-            return (Same(x), x._version), False
-        if dataclasses.is_dataclass(x) and not isinstance(x, type):
-            return self._dataclass(x, depth)
-        if isinstance(x, (tuple, frozenset)):
-            items = [self.of(v, depth + 1) for v in x]
-            tag = "t" if isinstance(x, tuple) else "s"
-            return (tag, tuple(p for p, _ in items)), all(i for _, i in items)
-        if isinstance(x, (list, set)):
-            tag = "l" if isinstance(x, list) else "s"
-            return (tag, tuple(self.of(v, depth + 1)[0] for v in x)), False
-        if isinstance(x, dict):
-            return ("d", tuple((self.of(k, depth + 1)[0], self.of(v, depth + 1)[0])
-                               for k, v in x.items())), False
-        if x is pd.NA or x is pd.NaT:
-            return None, True
-        if isinstance(x, np.generic):
-            return self.of(x.item(), depth + 1)
-        if isinstance(x, str):
-            return str.__str__(x), True
-        if isinstance(x, (int, float)):                  # subclasses: written as the plain number
-            return self.of(float(x) if isinstance(x, float) else int(x), depth + 1)
-        return Same(x), False                            # not writable: a new one is still noticed
-
-    def _fixed(self, x: Any) -> Same:
-        same = self.immutable[id(x)] = Same(x)
-        return same
-
-    def _dataclass(self, x: Any, depth: int) -> tuple[Any, bool]:
-        prints, fixed = [], type(x).__dataclass_params__.frozen
-        for f in dataclasses.fields(x):
-            if f.metadata.get(SAVED, True):
-                p, i = self.of(getattr(x, f.name), depth + 1)
-                prints.append(p)
-                fixed = fixed and i
-        if fixed:                                        # frozen, and holds nothing mutable
-            return self._fixed(x), True
-        return (Same(x), tuple(prints)), False           # identity too: encode shares objects by it
-
-
-def fingerprint(obj: Any, known: dict[int, Same] | None = None) -> tuple[Any, dict[int, Same]]:
-    """(a value equal to an earlier fingerprint exactly when `to_json` would write the same,
-    the values found immutable: id → Same(value)).
-
-    Numbers and strings are compared by type and value, containers item by item, dataclasses
-    field by field (saved fields only) and by identity, tensors by identity and in-place version.
-    DataFrames and numpy arrays are compared by identity: the app replaces results, it never
-    changes them in place. A frozen dataclass holding only immutable values is compared by
-    identity once checked; pass the previous call's immutable values as `known` to skip checking
-    them again. Costs a walk over the state's containers — no encoding."""
-    printer = _Printer(known or {})
-    return printer.of(obj)[0], printer.immutable
