@@ -8,24 +8,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.patch import MB, apply_patch, export_size, format_size, patch_size_limit
+from core.patch import MB, apply_patch, export_size, patch_size_limit
 from workbench import loader, results_flow, state, ui
-
-
-def reupload_note(size: int, sum_size: int | None) -> str | None:
-    """What to do when an export of `size` bytes of ΔW (`sum_size` as sum) could not be uploaded
-    here again (limits: server_mb, model_mb, upload_mb below)."""
-    if size + MB <= upload_mb * MB:          # ΔW plus up to 1 MB of manifest
-        return None
-    fits = sum_size is not None and sum_size + MB <= upload_mb * MB
-    as_sum = f" or as sum ({format_size(sum_size)})" if fits else ""
-    if size > model_mb * MB:
-        return (f"This patch holds {format_size(size)} of ΔW, more than a patch for this model may hold "
-                f"({model_mb} MB): neither this page nor `workbench session apply` would take it back. "
-                f"Export fewer batches{as_sum}.")
-    return (f"This patch holds {format_size(size)} of ΔW, more than this app accepts as an upload ({server_mb} "
-            f"MB, `workbench app --max-patch-mb`). Apply it with `workbench session apply FILE`, start the "
-            f"app with `--max-patch-mb {model_mb}`, or export fewer batches{as_sum}.")
 
 
 s = state.get()
@@ -96,8 +80,9 @@ else:
                     help="One ΔW per batch re-applies exactly as recorded (and can be undone batch "
                     "by batch); summed adds one ΔW per layer (smaller file, one batch when applied).")
     if chosen:
-        note = reupload_note(export_size(handle, ledger, chosen, mode),
-                             export_size(handle, ledger, chosen, "sum") if mode == "per_batch" else None)
+        note = results_flow.reupload_note(
+            export_size(handle, ledger, chosen, mode),
+            export_size(handle, ledger, chosen, "sum") if mode == "per_batch" else None, server_mb, model_mb)
         if note:
             st.warning(note, icon=":material/warning:")
         st.download_button("Download patch", lambda: results_flow.patch_bytes(ledger, chosen, mode),

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.patch import MB, format_size
+from workbench.charts.scaling import METHOD_STYLE, REFERENCE
 from workbench.state import RunRecord
 
 MODEL_ZIP_LIMIT = 2 * 2**30   # above this the edited model is saved to a folder, not zipped
@@ -79,8 +81,8 @@ def model_zip_bytes(handle, note: dict | None = None) -> bytes:
     return buf.getvalue()
 
 
-# Method names as the charts' legends and the Results page's run picker show them.
-METHOD_NAMES = {"memit": "MEMIT", "rome": "ROME", "ft": "FT-W"}
+# Method names as the charts' legends show them (one source: the charts' METHOD_STYLE).
+METHOD_NAMES = {k: v["name"] for k, v in METHOD_STYLE.items() if k != REFERENCE}
 
 
 def with_method_names(df: pd.DataFrame) -> pd.DataFrame:
@@ -101,6 +103,24 @@ def history_table(ledger, base_hash: str) -> pd.DataFrame:
     keep = [c for c in ("id", "time", "method", "edits", "layers", "subjects", "status",
                         "post_ES", "post_PS", "post_NS", "post_S", "seconds") if c in df]
     return with_method_names(df[keep].sort_values("id", ascending=False).reset_index(drop=True))
+
+
+def reupload_note(size: int, sum_size: int | None, server_mb: int, model_mb: int) -> str | None:
+    """What to do when an export of `size` bytes of ΔW (`sum_size` as sum) could not be uploaded
+    again on the History page, whose uploader takes min(server_mb, model_mb) MB (the server's
+    `--max-patch-mb`, the model's `core.patch.patch_size_limit`); None when it could."""
+    upload_mb = min(server_mb, model_mb)
+    if size + MB <= upload_mb * MB:          # ΔW plus up to 1 MB of manifest
+        return None
+    fits = sum_size is not None and sum_size + MB <= upload_mb * MB
+    as_sum = f" or as sum ({format_size(sum_size)})" if fits else ""
+    if size > model_mb * MB:
+        return (f"This patch holds {format_size(size)} of ΔW, more than a patch for this model may hold "
+                f"({model_mb} MB): neither this page nor `workbench session apply` would take it back. "
+                f"Export fewer batches{as_sum}.")
+    return (f"This patch holds {format_size(size)} of ΔW, more than this app accepts as an upload ({server_mb} "
+            f"MB, `workbench app --max-patch-mb`). Apply it with `workbench session apply FILE`, start the "
+            f"app with `--max-patch-mb {model_mb}`, or export fewer batches{as_sum}.")
 
 
 def history_signature(table: pd.DataFrame) -> tuple:
